@@ -1,8 +1,16 @@
 """Input pipelines: the built-in digits demo set, image folders and TFDS, all through grain.
 
-Every source yields uint8 images in NHWC and int32 labels; the model maps pixels to [-1, 1].
+Examples are {'image': uint8 [H, W, C], 'label': int32, 'bad': int32}; batches stack them.
 """
 
+import io
+import os
+from typing import Any, Protocol
+
+from absl import logging
+import grain
+import ml_collections
+from ml_collections import config_dict
 import numpy as np
 from PIL import Image
 
@@ -11,6 +19,16 @@ from PIL import Image
 DIGITS_NUM_CLASSES = 10
 DIGITS_NUM_EVAL = 297
 _DIGITS_SPLIT_SEED = 0
+
+SOURCES = ("digits", "folder", "tfds")
+BAD_IMAGE_MODES = ("skip", "raise")
+IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
+# What PIL raises on corrupt, truncated or empty files (UnidentifiedImageError is an OSError).
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+# In-process reading: threads each assemble one batch; the buffer is counted in batches,
+# so it bounds host memory at _READ_BUFFER_BATCHES * local batch.
+_READ_THREADS = 8
+_READ_BUFFER_BATCHES = 16
 
 
 def load_digits_split(split: str, image_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -31,3 +49,382 @@ def load_digits_split(split: str, image_size: int) -> tuple[np.ndarray, np.ndarr
       for im in small
   ])
   return images[..., None], digits.target[idx].astype(np.int32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Config.
+# ---------------------------------------------------------------------------------------------
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The data section with every field this module reads, set for the digits demo."""
+  return ml_collections.ConfigDict(dict(
+      source="digits",  # 'digits' | 'folder' | 'tfds'.
+      tfds_name="imagenet2012",
+      tfds_data_dir=config_dict.placeholder(str),  # None: TFDS's default data dir.
+      # Folder layout: `folder` is the train split root, `eval_folder` the eval split root,
+      # each holding one subfolder per class; class ids come from the train root's sorted
+      # subfolder names. No `eval_folder`: evaluation reads `folder` (with a warning).
+      folder=config_dict.placeholder(str),
+      eval_folder=config_dict.placeholder(str),
+      train_split="train",
+      eval_split="validation",  # TFDS split name; digits and folders read it as 'eval'.
+      image_size=16,
+      channels=1,  # 1 or 3; files are converted to this.
+      num_classes=DIGITS_NUM_CLASSES,
+      random_flip=False,  # Horizontal, train only; off for digits (mirrored digits aren't).
+      bad_images="skip",  # 'skip': substitute the next readable file; 'raise': ValueError.
+      worker_count=0,  # grain worker processes; 0 reads in-process with threads.
+      worker_buffer_size=2,  # Batches each worker keeps ready.
+  ))
+
+
+def validate_config(data_cfg: ml_collections.ConfigDict) -> None:
+  """Raises ValueError on a data section that cannot work, before anything is read."""
+  if data_cfg.source not in SOURCES:
+    raise ValueError(f"data.source must be one of {SOURCES}, got {data_cfg.source!r}")
+  if data_cfg.channels not in (1, 3):
+    raise ValueError(f"data.channels must be 1 or 3, got {data_cfg.channels!r}")
+  if data_cfg.get("bad_images", "skip") not in BAD_IMAGE_MODES:
+    raise ValueError(
+        f"data.bad_images must be one of {BAD_IMAGE_MODES}, got {data_cfg.bad_images!r}")
+  if data_cfg.image_size < 1:
+    raise ValueError(f"data.image_size must be positive, got {data_cfg.image_size}")
+  if data_cfg.source == "folder" and not data_cfg.get("folder"):
+    raise ValueError("data.source='folder' needs data.folder: the train split root")
+
+
+def _split_role(data_cfg: ml_collections.ConfigDict, split: str) -> str:
+  """Maps a split name to 'train' or 'eval' for the sources that have exactly two."""
+  if split in (data_cfg.train_split, "train"):
+    return "train"
+  if split in (data_cfg.eval_split, "eval"):
+    return "eval"
+  raise ValueError(
+      f"split {split!r} is neither data.train_split ({data_cfg.train_split!r}) nor "
+      f"data.eval_split ({data_cfg.eval_split!r})")
+
+
+def _check_num_classes(data_cfg: ml_collections.ConfigDict, found: int, where: str) -> None:
+  # Labels at or above num_classes would index past the class embedding table.
+  if found > data_cfg.num_classes:
+    raise ValueError(f"{where} has {found} classes but data.num_classes is {data_cfg.num_classes}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding and ADM-style preprocessing.
+# ---------------------------------------------------------------------------------------------
+
+
+def convert_mode(img: Image.Image, channels: int) -> Image.Image:
+  """Grayscale, palette and alpha images to 'L' (channels=1) or 'RGB' (channels=3)."""
+  has_alpha = img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info
+  if has_alpha:
+    # Composite over white: fully transparent pixels carry arbitrary colours underneath.
+    rgba = img.convert("RGBA")
+    img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+  return img.convert("RGB" if channels == 3 else "L")
+
+
+def resize_and_center_crop(img: Image.Image, image_size: int) -> np.ndarray:
+  """Shorter side to image_size, then a centred square crop, as ADM prepares ImageNet."""
+  # Halve with a box filter while the image is at least twice too big: one bicubic step
+  # over a large factor aliases, and box averaging is what ADM's reference statistics saw.
+  while min(img.size) >= 2 * image_size:
+    img = img.resize((img.width // 2, img.height // 2), Image.BOX)
+  scale = image_size / min(img.size)
+  new_size = tuple(max(image_size, round(side * scale)) for side in img.size)
+  img = img.resize(new_size, Image.BICUBIC)
+  left = (img.width - image_size) // 2
+  top = (img.height - image_size) // 2
+  return np.asarray(img.crop((left, top, left + image_size, top + image_size)))
+
+
+def _to_hwc(pixels: np.ndarray) -> np.ndarray:
+  return pixels[..., None] if pixels.ndim == 2 else pixels
+
+
+def _preprocess(img: Image.Image, channels: int, image_size: int) -> np.ndarray:
+  return _to_hwc(resize_and_center_crop(convert_mode(img, channels), image_size))
+
+
+# ---------------------------------------------------------------------------------------------
+# Random-access sources.
+# ---------------------------------------------------------------------------------------------
+
+
+class Source(Protocol):
+  def __len__(self) -> int: ...
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]: ...
+
+
+def _example(image: np.ndarray, label: int, bad: bool) -> dict[str, np.ndarray]:
+  return {"image": image, "label": np.int32(label), "bad": np.int32(bad)}
+
+
+class DigitsSource:
+  """The digits demo split held in memory."""
+
+  def __init__(self, role: str, image_size: int, channels: int):
+    images, self._labels = load_digits_split(role, image_size)
+    self._images = np.repeat(images, channels, axis=-1) if channels == 3 else images
+    self._role = role
+
+  def __len__(self) -> int:
+    return len(self._labels)
+
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    return _example(self._images[index], self._labels[index], bad=False)
+
+  def __repr__(self) -> str:
+    return f"DigitsSource({self._role!r}, n={len(self)})"
+
+
+class _DecodingSource:
+  """Decodes examples lazily; an unreadable one is replaced by the next readable index.
+
+  Replacing (rather than dropping) keeps every batch full and the order a pure function of
+  the index, so a resumed iterator and every worker count see the same stream.
+  """
+
+  def __init__(self, data_cfg: ml_collections.ConfigDict):
+    self._channels = data_cfg.channels
+    self._image_size = data_cfg.image_size
+    self._raise_on_bad = data_cfg.get("bad_images", "skip") == "raise"
+
+  def _decode(self, index: int) -> tuple[np.ndarray, int]:
+    raise NotImplementedError
+
+  def _name(self, index: int) -> str:
+    raise NotImplementedError
+
+  def __len__(self) -> int:
+    raise NotImplementedError
+
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    n = len(self)
+    for offset in range(n):
+      candidate = (index + offset) % n
+      try:
+        image, label = self._decode(candidate)
+      except _DECODE_ERRORS as e:
+        if self._raise_on_bad:
+          raise ValueError(f"unreadable image {self._name(candidate)}: {e}") from e
+        logging.warning("Unreadable image %s (%s); substituting the next readable one.",
+                        self._name(candidate), e)
+        continue
+      return _example(image, label, bad=offset > 0)
+    raise ValueError(f"no readable image in {self!r}")
+
+
+def _list_class_dirs(root: str) -> list[str]:
+  if not os.path.isdir(root):
+    raise FileNotFoundError(f"image folder {root!r} does not exist (data.folder / eval_folder)")
+  return sorted(e.name for e in os.scandir(root) if e.is_dir())
+
+
+def _list_images(class_dir: str) -> list[str]:
+  # Only the class folder's own files: ImageNet-style folders are one level deep.
+  return sorted(
+      e.path for e in os.scandir(class_dir)
+      if e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS)
+
+
+class ImageFolderSource(_DecodingSource):
+  """root/<class name>/<image>.{jpg,jpeg,png}, with labels given by `classes` order."""
+
+  def __init__(self, data_cfg: ml_collections.ConfigDict, root: str, classes: list[str]):
+    super().__init__(data_cfg)
+    self._root = root
+    found = set(_list_class_dirs(root))
+    unknown = sorted(found - set(classes))
+    if unknown:
+      raise ValueError(f"image folder {root!r} has class folders {unknown[:5]} that the train "
+                       f"folder lacks; class ids come from the train folder's subfolders")
+    paths, labels = [], []
+    for label, name in enumerate(classes):
+      if name in found:
+        files = _list_images(os.path.join(root, name))
+        paths += files
+        labels += [label] * len(files)
+    self._paths, self._labels = tuple(paths), np.asarray(labels, np.int32)
+    if not self._paths:
+      raise ValueError(f"image folder {root!r} has no images: looked for {IMAGE_EXTENSIONS} "
+                       f"files (any case) in its class subfolders {sorted(found)[:5]}")
+
+  @property
+  def paths(self) -> tuple[str, ...]:
+    return self._paths
+
+  def __len__(self) -> int:
+    return len(self._paths)
+
+  def _name(self, index: int) -> str:
+    return self._paths[index]
+
+  def _decode(self, index: int) -> tuple[np.ndarray, int]:
+    with Image.open(self._paths[index]) as img:
+      img.load()  # Decode fully here, inside the error handling: open() reads the header.
+      pixels = _preprocess(img, self._channels, self._image_size)
+    return pixels, self._labels[index]
+
+  def __repr__(self) -> str:
+    return f"ImageFolderSource({self._root!r}, n={len(self)})"
+
+
+class TfdsSource(_DecodingSource):
+  """A TFDS array_record split; images come decoded (arrays) or, with skipped decoding, as bytes."""
+
+  def __init__(self, data_cfg: ml_collections.ConfigDict, split: str, records: Any):
+    super().__init__(data_cfg)
+    self._records = records
+    self._desc = f"{data_cfg.tfds_name}/{split}"
+
+  def __len__(self) -> int:
+    return len(self._records)
+
+  def _name(self, index: int) -> str:
+    return f"{self._desc}[{index}]"
+
+  def _decode(self, index: int) -> tuple[np.ndarray, int]:
+    record = self._records[index]
+    image = record["image"]
+    if isinstance(image, bytes):
+      img = Image.open(io.BytesIO(image))
+      img.load()
+    else:
+      image = np.asarray(image)
+      img = Image.fromarray(image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image)
+    return _preprocess(img, self._channels, self._image_size), int(record["label"])
+
+  def __repr__(self) -> str:
+    return f"TfdsSource({self._desc!r}, n={len(self)})"
+
+
+def _tfds_build_hint(name: str, data_dir: str | None) -> str:
+  import tensorflow_datasets as tfds  # Imported lazily: only the TFDS source needs it.
+
+  data_dir = data_dir or os.environ.get("TFDS_DATA_DIR") or tfds.core.constants.DATA_DIR
+  return (f"tfds build {name} --manual_dir=DIR --file_format=array_record --data_dir={data_dir}"
+          f"  (DIR holds the manual downloads, for imagenet2012 ILSVRC2012_img_train.tar and "
+          f"ILSVRC2012_img_val.tar)")
+
+
+def _open_tfds(data_cfg: ml_collections.ConfigDict, split: str) -> Any:
+  import tensorflow_datasets as tfds  # Imported lazily: only the TFDS source needs it.
+
+  name, data_dir = data_cfg.tfds_name, data_cfg.get("tfds_data_dir") or None
+  if data_dir is not None and not os.path.isdir(data_dir):
+    raise FileNotFoundError(f"TFDS data dir {data_dir!r} (data.tfds_data_dir) does not exist")
+  try:
+    # download=False: a missing dataset must be an error here, not a download attempt.
+    return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise ValueError(f"TFDS has no dataset named {name!r} (data.tfds_name)") from e
+  except (NotImplementedError, AssertionError, FileNotFoundError, KeyError) as e:
+    # TFDS words a missing build as "random access for TFRECORD is not supported" (empty
+    # data dir) or "splits is empty" (no data dir); its own words follow ours.
+    raise ValueError(f"TFDS dataset {name!r} split {split!r} is not built as array_record in "
+                     f"{data_dir or 'the default data dir'}; build it with: "
+                     f"{_tfds_build_hint(name, data_dir)}. TFDS said: {e}") from e
+
+
+def _folder_classes(data_cfg: ml_collections.ConfigDict) -> list[str]:
+  classes = _list_class_dirs(data_cfg.folder)
+  _check_num_classes(data_cfg, len(classes), f"image folder {data_cfg.folder!r}")
+  return classes
+
+
+def make_source(data_cfg: ml_collections.ConfigDict, split: str) -> Source:
+  """A random-access source of examples for `split` (a TFDS split, or train/eval role)."""
+  validate_config(data_cfg)
+  if data_cfg.source == "digits":
+    _check_num_classes(data_cfg, DIGITS_NUM_CLASSES, "the digits set")
+    return DigitsSource(_split_role(data_cfg, split), data_cfg.image_size, data_cfg.channels)
+  if data_cfg.source == "folder":
+    classes = _folder_classes(data_cfg)
+    root = data_cfg.folder
+    if _split_role(data_cfg, split) == "eval":
+      root = data_cfg.get("eval_folder") or root
+      if root == data_cfg.folder:
+        logging.warning("data.eval_folder is not set: evaluating on the train folder %r", root)
+    return ImageFolderSource(data_cfg, root, classes)
+  return TfdsSource(data_cfg, split, _open_tfds(data_cfg, split))
+
+
+def dataset_info(data_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Sizes of both splits, the class count and the image shape the pipeline produces."""
+  return {
+      "num_train_examples": len(make_source(data_cfg, data_cfg.train_split)),
+      "num_eval_examples": len(make_source(data_cfg, data_cfg.eval_split)),
+      "num_classes": data_cfg.num_classes,
+      "image_shape": (data_cfg.image_size, data_cfg.image_size, data_cfg.channels),
+  }
+
+
+# ---------------------------------------------------------------------------------------------
+# grain iterators.
+# ---------------------------------------------------------------------------------------------
+
+
+def _shard(ds: grain.MapDataset, process_index: int, process_count: int) -> grain.MapDataset:
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index {process_index} is not in [0, {process_count})")
+  if len(ds) < process_count:
+    raise ValueError(f"{len(ds)} examples cannot be shared by {process_count} processes")
+  # Strided slices are disjoint, cover the split, and differ in length by at most one.
+  return ds[process_index::process_count]
+
+
+def _random_flip(example: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, Any]:
+  if rng.random() < 0.5:
+    return {**example, "image": example["image"][:, ::-1]}
+  return example
+
+
+def _to_iterator(batches: grain.MapDataset,
+                 data_cfg: ml_collections.ConfigDict) -> grain.DatasetIterator:
+  # Batching before to_iter_dataset makes whole batches the unit of work: workers take
+  # batches round-robin, so the stream is the same for any worker_count. The state's
+  # format still depends on worker_count: keep it fixed across a resume.
+  ds = batches.to_iter_dataset(
+      grain.ReadOptions(num_threads=_READ_THREADS, prefetch_buffer_size=_READ_BUFFER_BATCHES))
+  workers = data_cfg.get("worker_count", 0)
+  if workers > 0:
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=workers, per_worker_buffer_size=data_cfg.get("worker_buffer_size", 2)))
+  return iter(ds)
+
+
+def make_train_iterator(data_cfg: ml_collections.ConfigDict, *, local_batch_size: int, seed: int,
+                        process_index: int, process_count: int) -> grain.DatasetIterator:
+  """Endless shuffled batches of this process's shard; state restores the exact next batch.
+
+  With worker_count > 0 grain starts processes: absl flags must be parsed (absl.app.run)
+  and the launching script needs an `if __name__ == "__main__":` guard.
+  """
+  if local_batch_size < 1:
+    raise ValueError(f"local_batch_size must be positive, got {local_batch_size}")
+  source = make_source(data_cfg, data_cfg.train_split)
+  # Separate streams for order and flips, both fixed by (seed, process): a resumed or
+  # re-run job replays the same batches.
+  shuffle_seed, flip_seed = np.random.SeedSequence([seed, process_index]).generate_state(2)
+  ds = _shard(grain.MapDataset.source(source), process_index, process_count)
+  # Shuffle before repeat: each epoch is a fresh permutation (grain folds in the epoch).
+  ds = ds.shuffle(seed=int(shuffle_seed)).repeat()
+  if data_cfg.get("random_flip", False):
+    ds = ds.random_map(_random_flip, seed=int(flip_seed))
+  return _to_iterator(ds.batch(local_batch_size, drop_remainder=True), data_cfg)
+
+
+def make_eval_iterator(data_cfg: ml_collections.ConfigDict, *, local_batch_size: int,
+                       process_index: int, process_count: int) -> grain.DatasetIterator:
+  """One ordered pass over this process's shard of the eval split, last partial batch kept.
+
+  Shards differ by at most one example, so processes may see different batch counts.
+  """
+  if local_batch_size < 1:
+    raise ValueError(f"local_batch_size must be positive, got {local_batch_size}")
+  source = make_source(data_cfg, data_cfg.eval_split)
+  ds = _shard(grain.MapDataset.source(source), process_index, process_count)
+  return _to_iterator(ds.batch(local_batch_size, drop_remainder=False), data_cfg)

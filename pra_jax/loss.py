@@ -1,0 +1,49 @@
+"""The training forward: one parallel pass, returned as named per-example loss terms.
+
+Dimension legend: B batch, N patches, P pixels per patch, Z state dims, D width.
+Numbers in comments follow the method's three parts (README, "The method").
+"""
+
+import jax
+import jax.numpy as jnp
+
+from pra_jax import rollout
+from pra_jax.models import head as head_lib
+
+
+def drop_labels(labels_B, key, rate: float, null_class: int):
+  """Replaces a `rate` fraction of labels by the null class, so the model learns p(x) for CFG."""
+  drop = jax.random.uniform(key, labels_B.shape) < rate
+  return jnp.where(drop, null_class, labels_B)
+
+
+def forward_train(model, images_BHWC, labels_B, key, step, config):
+  """Returns ({'total', 'head', 'recon'}: float32 [B] each, {'head_per_position': [B, N]})."""
+  key_drop, key_inputs, key_head = jax.random.split(key, 3)
+  x_BNP = model.to_patches(images_BHWC)
+  b, n, _ = x_BNP.shape
+  y_B = drop_labels(labels_B, key_drop, config.model.label_drop, model.null_class)
+
+  # (1) Reconstruction pass: z = E(x); G(z) is supervised below. The direct-pixel baseline
+  #     has no state: its head targets the pixels themselves.
+  z_BNZ = model.encode(x_BNP)
+
+  # (2) Parallel rollout approximation: the backbone's inputs, built per position through the
+  #     same state -> pixel path as inference (or any other mode of the ablation).
+  x_in = rollout.build_inputs(model, x_BNP, z_BNZ, y_B, key_inputs, step, config)
+
+  # (3) Generation loss: teacher-forced backbone on x_in; the head learns z_i given h_i, with
+  #     the target held fixed so the head loss does not reshape the state space.
+  h_BND = model.backbone(x_in, y_B)
+  target = jax.lax.stop_gradient(z_BNZ)
+  head_BN = head_lib.flow_loss(model.head, target.reshape(b * n, -1),
+                               h_BND.reshape(b * n, -1), key_head).reshape(b, n)
+
+  if model.direct_pixel:
+    recon_B = jnp.zeros((b,), jnp.float32)
+  else:
+    x_rec = model.decode(z_BNZ, h_BND)
+    recon_B = jnp.mean(jnp.square(x_rec - x_BNP), axis=(1, 2))
+  head_B = head_BN.mean(axis=1)
+  terms = {"total": head_B + config.loss.recon_weight * recon_B, "head": head_B, "recon": recon_B}
+  return terms, {"head_per_position": head_BN}

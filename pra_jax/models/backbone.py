@@ -1,0 +1,198 @@
+"""The AR backbone: a causal transformer over [class tokens, embedded pixel patches].
+
+Dimension legend: B batch, L tokens, N patches, M pixel inputs (N - 1 when training), P pixels
+per patch, D width, H heads, K head dim, C class tokens, S cache length (C + N - 1).
+Output h[:, i] is the context for generating patch i, so C class tokens and M inputs give M + 1
+outputs, the first read at the last class token.
+"""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from pra_jax.models import layers
+
+
+def remat_policy(name: str):
+  """'none' (keep activations), 'full' (recompute all), or a jax.checkpoint_policies name."""
+  if name == "none":
+    return None
+  if name == "full":
+    return jax.checkpoint_policies.nothing_saveable
+  policy = getattr(jax.checkpoint_policies, name, None)
+  if policy is None:
+    raise ValueError(f"remat_policy must be 'none', 'full' or a jax.checkpoint_policies name, "
+                     f"got {name!r}")
+  return policy
+
+
+class Attention(nnx.Module):
+  """Multi-head causal self-attention with optional qk-norm, 2-D RoPE and a KV cache."""
+
+  def __init__(self, cfg, *, rngs: nnx.Rngs, dtype, param_dtype):
+    d, self.num_heads = cfg.width, cfg.num_heads
+    if d % self.num_heads:
+      raise ValueError(f"backbone.width ({d}) must be divisible by backbone.num_heads "
+                       f"({self.num_heads})")
+    self.head_dim = d // self.num_heads
+    kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+    self.q = layers.dense(d, d, ("embed", "heads"), use_bias=False, **kw)
+    self.k = layers.dense(d, d, ("embed", "heads"), use_bias=False, **kw)
+    self.v = layers.dense(d, d, ("embed", "heads"), use_bias=False, **kw)
+    self.o = layers.dense(d, d, ("heads", "embed"), **kw)
+    # qk-norm keeps attention logits bounded, which matters at large width and in bf16.
+    self.q_norm = layers.norm(cfg.norm, self.head_dim, axis_name=None, **kw) if cfg.qk_norm else None
+    self.k_norm = layers.norm(cfg.norm, self.head_dim, axis_name=None, **kw) if cfg.qk_norm else None
+    self.use_rope, self.rope_theta = cfg.pos_emb == "rope2d", cfg.rope_theta
+
+  def __call__(self, x_BLD, rows_L, cols_L, cache=None, start=None):
+    b, l, d = x_BLD.shape
+    split = lambda t: t.reshape(b, l, self.num_heads, self.head_dim)
+    q, k, v = split(self.q(x_BLD)), split(self.k(x_BLD)), split(self.v(x_BLD))
+    if self.q_norm is not None:
+      q, k = self.q_norm(q), self.k_norm(k)
+    if self.use_rope:
+      q = layers.rope_2d(q, rows_L, cols_L, self.rope_theta)
+      k = layers.rope_2d(k, rows_L, cols_L, self.rope_theta)
+    if cache is None:
+      out = jax.nn.dot_product_attention(q, k, v, is_causal=True)
+    else:
+      k_BSHK, v_BSHK = cache
+      k_BSHK = jax.lax.dynamic_update_slice(k_BSHK, k.astype(k_BSHK.dtype), (0, start, 0, 0))
+      v_BSHK = jax.lax.dynamic_update_slice(v_BSHK, v.astype(v_BSHK.dtype), (0, start, 0, 0))
+      query_pos = start + jnp.arange(l)
+      mask_LS = jnp.arange(k_BSHK.shape[1])[None, :] <= query_pos[:, None]
+      out = jax.nn.dot_product_attention(q, k_BSHK.astype(q.dtype), v_BSHK.astype(q.dtype),
+                                         mask=mask_LS[None, None])
+      cache = (k_BSHK, v_BSHK)
+    return self.o(out.reshape(b, l, d)), cache
+
+
+class Block(nnx.Module):
+  """Pre-norm transformer block."""
+
+  def __init__(self, cfg, *, rngs: nnx.Rngs, dtype, param_dtype):
+    kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+    self.norm1 = layers.norm(cfg.norm, cfg.width, **kw)
+    self.attn = Attention(cfg, **kw)
+    self.norm2 = layers.norm(cfg.norm, cfg.width, **kw)
+    self.mlp = layers.Mlp(cfg.width, int(cfg.width * cfg.mlp_ratio), cfg.mlp_type, **kw)
+
+  def __call__(self, x_BLD, rows_L, cols_L, cache=None, start=None):
+    a, cache = self.attn(self.norm1(x_BLD), rows_L, cols_L, cache, start)
+    x_BLD = x_BLD + a
+    return x_BLD + self.mlp(self.norm2(x_BLD)), cache
+
+
+class Backbone(nnx.Module):
+  """Class-conditional causal transformer; index `num_classes` is the null class for CFG."""
+
+  def __init__(self, cfg, *, patch_dim: int, grid: tuple[int, int], num_classes: int,
+               rngs: nnx.Rngs):
+    if cfg.pos_emb not in ("learned", "rope2d"):
+      raise ValueError(f"backbone.pos_emb must be 'learned' or 'rope2d', got {cfg.pos_emb!r}")
+    self.cfg = cfg
+    self.dtype, param_dtype = layers.dtype_of(cfg.dtype), layers.dtype_of(cfg.param_dtype)
+    self.grid, self.num_classes = tuple(grid), num_classes
+    self.num_class_tokens = cfg.num_class_tokens
+    self.num_patches = grid[0] * grid[1]
+    self.cache_len = self.num_class_tokens + self.num_patches - 1
+    d = cfg.width
+    kw = dict(rngs=rngs, dtype=self.dtype, param_dtype=param_dtype)
+    init = nnx.initializers.normal(0.02)
+    self.class_embed = nnx.Embed(
+        num_classes + 1, d, embedding_init=nnx.with_partitioning(init, ("vocab", "embed")),
+        dtype=self.dtype, param_dtype=param_dtype, rngs=rngs)
+    self.class_pos = nnx.Param(init(rngs.params(), (self.num_class_tokens, d), param_dtype),
+                               sharding_names=(None, "embed"))
+    self.input_proj = layers.dense(patch_dim, d, ("patch", "embed"), **kw)
+    self.pos = (nnx.Param(init(rngs.params(), (self.cache_len, d), param_dtype),
+                          sharding_names=(None, "embed"))
+                if cfg.pos_emb == "learned" else None)
+    if cfg.scan_layers:
+      @nnx.split_rngs(splits=cfg.depth)
+      @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+      def make_blocks(rngs):
+        return Block(cfg, rngs=rngs, dtype=self.dtype, param_dtype=param_dtype)
+      self.blocks = make_blocks(rngs)
+    else:
+      self.blocks = nnx.List([Block(cfg, **kw) for _ in range(cfg.depth)])
+    self.final_norm = layers.norm(cfg.norm, d, **kw)
+
+  # -- token embedding ------------------------------------------------------------------
+  def _positions(self, start, length):
+    """(row, col) of sequence slots start..start+length; class tokens sit at (0, 0)."""
+    s = start + jnp.arange(length)
+    patch = s - self.num_class_tokens
+    is_patch = patch >= 0
+    rows = jnp.where(is_patch, patch // self.grid[1] + 1, 0)
+    cols = jnp.where(is_patch, patch % self.grid[1] + 1, 0)
+    return rows, cols
+
+  def _add_pos(self, tokens_BLD, start):
+    if self.pos is None:
+      return tokens_BLD
+    pos_LD = jax.lax.dynamic_slice_in_dim(self.pos[...], start, tokens_BLD.shape[1])
+    return tokens_BLD + pos_LD.astype(tokens_BLD.dtype)[None]
+
+  def class_tokens(self, y_B):
+    tokens = self.class_embed(y_B)[:, None, :] + self.class_pos[...].astype(self.dtype)[None]
+    return self._add_pos(tokens, 0)
+
+  def pixel_tokens(self, x_BMP, first_patch):
+    tokens = self.input_proj(x_BMP.astype(self.dtype))
+    return self._add_pos(tokens, self.num_class_tokens + first_patch)
+
+  # -- the layer stack ------------------------------------------------------------------
+  def _run(self, tokens_BLD, start, cache=None):
+    rows, cols = self._positions(start, tokens_BLD.shape[1])
+    policy = remat_policy(self.cfg.remat_policy)
+
+    def body(x, block, layer_cache):
+      return block(x, rows, cols, layer_cache, start)
+
+    if self.cfg.remat_policy != "none":
+      body = nnx.remat(body, policy=policy, prevent_cse=not self.cfg.scan_layers)
+    x = tokens_BLD
+    if self.cfg.scan_layers:
+      if cache is None:
+        scan = nnx.scan(lambda x, blk: (body(x, blk, None)[0], None),
+                        in_axes=(nnx.Carry, 0), out_axes=(nnx.Carry, 0))
+        x, _ = scan(x, self.blocks)
+      else:
+        x, cache = nnx.scan(body, in_axes=(nnx.Carry, 0, 0), out_axes=(nnx.Carry, 0))(
+            x, self.blocks, cache)
+    else:
+      new_cache = []
+      for i, block in enumerate(self.blocks):
+        layer_cache = None if cache is None else jax.tree.map(lambda c: c[i], cache)
+        x, layer_cache = body(x, block, layer_cache)
+        new_cache.append(layer_cache)
+      if cache is not None:
+        cache = jax.tree.map(lambda *cs: jnp.stack(cs), *new_cache)
+    return self.final_norm(x), cache
+
+  # -- public entry points --------------------------------------------------------------
+  def __call__(self, x_in_BMP, y_B):
+    """Teacher-forced pass: inputs x_1..x_M -> contexts h_1..h_{M+1}, float32 [B, M+1, D]."""
+    tokens = jnp.concatenate([self.class_tokens(y_B), self.pixel_tokens(x_in_BMP, 0)], axis=1)
+    h, _ = self._run(tokens, 0)
+    return h[:, self.num_class_tokens - 1:].astype(jnp.float32)
+
+  def init_cache(self, batch: int, dtype=None):
+    """Zeroed keys and values for every layer: a pair of [depth, B, S, H, K] arrays."""
+    shape = (self.cfg.depth, batch, self.cache_len, self.cfg.num_heads,
+             self.cfg.width // self.cfg.num_heads)
+    dtype = dtype or self.dtype
+    return (jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+
+  def prefill(self, y_B, cache):
+    """Runs the class tokens into the cache; returns h_1 [B, D] (context of patch 0)."""
+    h, cache = self._run(self.class_tokens(y_B), 0, cache)
+    return h[:, -1].astype(jnp.float32), cache
+
+  def step(self, x_BP, patch_index, cache):
+    """Feeds patch `patch_index`; returns the context of patch `patch_index + 1`."""
+    tokens = self.pixel_tokens(x_BP[:, None], patch_index)
+    h, cache = self._run(tokens, self.num_class_tokens + patch_index, cache)
+    return h[:, 0].astype(jnp.float32), cache

@@ -1,0 +1,93 @@
+"""Building blocks shared by the backbone, the flow head and the state networks.
+
+Dimension legend: B batch, L sequence, M flattened positions, D width, F mlp width, H heads,
+K head dim, W head width, Z state dims, P pixels per patch.
+"""
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def dtype_of(name: str):
+  if name not in DTYPES:
+    raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {name!r}")
+  return DTYPES[name]
+
+
+def dense(in_features: int, out_features: int, axes: Sequence[str | None], *, rngs: nnx.Rngs,
+          dtype=jnp.float32, param_dtype=jnp.float32, use_bias: bool = True,
+          zero_init: bool = False) -> nnx.Linear:
+  """A Linear layer whose kernel and bias carry logical sharding names."""
+  kernel_init = nnx.initializers.zeros_init() if zero_init else nnx.initializers.xavier_uniform()
+  return nnx.Linear(
+      in_features, out_features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
+      kernel_init=nnx.with_partitioning(kernel_init, tuple(axes)),
+      bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), (axes[-1],)),
+      rngs=rngs)
+
+
+def norm(kind: str, features: int, *, rngs: nnx.Rngs, axis_name: str | None = "embed",
+         dtype=jnp.float32, param_dtype=jnp.float32, affine: bool = True):
+  """RMSNorm or LayerNorm over the last axis; `affine=False` gives a parameter-free norm."""
+  scale_init = nnx.with_partitioning(nnx.initializers.ones_init(), (axis_name,))
+  if kind == "rmsnorm":
+    return nnx.RMSNorm(features, epsilon=1e-6, use_scale=affine, scale_init=scale_init,
+                       dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+  if kind == "layernorm":
+    return nnx.LayerNorm(
+        features, epsilon=1e-6, use_scale=affine, use_bias=affine, scale_init=scale_init,
+        bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), (axis_name,)),
+        dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+  raise ValueError(f"norm must be 'rmsnorm' or 'layernorm', got {kind!r}")
+
+
+class Mlp(nnx.Module):
+  """SwiGLU (gated) or GELU feed-forward block."""
+
+  def __init__(self, d: int, hidden: int, kind: str, *, rngs: nnx.Rngs, dtype, param_dtype,
+               axes=("embed", "mlp")):
+    if kind not in ("swiglu", "gelu"):
+      raise ValueError(f"mlp_type must be 'swiglu' or 'gelu', got {kind!r}")
+    self.kind = kind
+    kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+    self.up = dense(d, hidden, axes, **kw)
+    self.gate = dense(d, hidden, axes, **kw) if kind == "swiglu" else None
+    self.down = dense(hidden, d, axes[::-1], **kw)
+
+  def __call__(self, x):
+    if self.kind == "swiglu":
+      return self.down(nnx.silu(self.gate(x)) * self.up(x))
+    return self.down(nnx.gelu(self.up(x)))
+
+
+def rope_2d(x_BLHK: jax.Array, rows_L: jax.Array, cols_L: jax.Array,
+            theta: float = 10000.0) -> jax.Array:
+  """Rotary embedding over two axes: half the head dims turn with the row, half with the column."""
+  k = x_BLHK.shape[-1]
+  if k % 4:
+    raise ValueError(f"2-D RoPE needs a head dim divisible by 4, got {k}")
+  quarter = k // 4
+  freqs = theta ** (-jnp.arange(quarter, dtype=jnp.float32) / quarter)
+
+  def rotate(x_half, pos_L):
+    angle_LQ = pos_L.astype(jnp.float32)[:, None] * freqs[None, :]
+    cos, sin = jnp.cos(angle_LQ)[None, :, None, :], jnp.sin(angle_LQ)[None, :, None, :]
+    a, b = jnp.split(x_half.astype(jnp.float32), 2, axis=-1)
+    return jnp.concatenate([a * cos - b * sin, a * sin + b * cos], axis=-1)
+
+  x_row, x_col = jnp.split(x_BLHK, 2, axis=-1)
+  out = jnp.concatenate([rotate(x_row, rows_L), rotate(x_col, cols_L)], axis=-1)
+  return out.astype(x_BLHK.dtype)
+
+
+def timestep_embedding(t_M: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
+  """Sinusoidal features of flow time t in [0, 1] (scaled to [0, 1000] like DDPM steps)."""
+  half = dim // 2
+  freqs = jnp.exp(-jnp.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+  args = (t_M.astype(jnp.float32) * 1000.0)[:, None] * freqs[None]
+  return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)

@@ -1,0 +1,81 @@
+"""State encoder E (patch -> z) and pixel decoder G (z -> patch), applied per patch.
+
+Dimension legend: M positions (any leading axes), P pixels per patch, Z state dims, W width,
+D backbone width (the optional decoder context).
+"""
+
+import jax.numpy as jnp
+from flax import nnx
+
+from pra_jax.models import layers
+
+STATE_NORMS = ("layernorm", "tanh", "none")
+
+
+class ResMlpBlock(nnx.Module):
+  def __init__(self, w: int, *, rngs, dtype, param_dtype):
+    kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+    self.norm = layers.norm("layernorm", w, axis_name="state_mlp", **kw)
+    self.fc1 = layers.dense(w, w, ("state_mlp", "state_mlp_out"), **kw)
+    self.fc2 = layers.dense(w, w, ("state_mlp_out", "state_mlp"), **kw)
+
+  def __call__(self, x):
+    return x + self.fc2(nnx.silu(self.fc1(self.norm(x))))
+
+
+class StateEncoder(nnx.Module):
+  """x_i -> z_i. The output is normalised so the flow head's target keeps a fixed scale."""
+
+  def __init__(self, cfg, *, patch_dim: int, rngs: nnx.Rngs):
+    if cfg.norm not in STATE_NORMS:
+      raise ValueError(f"state.norm must be one of {STATE_NORMS}, got {cfg.norm!r}")
+    kw = dict(rngs=rngs, dtype=layers.dtype_of(cfg.dtype),
+              param_dtype=layers.dtype_of(cfg.param_dtype))
+    self.norm_kind = cfg.norm
+    self.inp = layers.dense(patch_dim, cfg.width, ("patch", "state_mlp"), **kw)
+    self.blocks = nnx.List([ResMlpBlock(cfg.width, **kw) for _ in range(cfg.depth)])
+    self.out_norm = layers.norm("layernorm", cfg.width, axis_name="state_mlp", **kw)
+    self.out = layers.dense(cfg.width, cfg.dim, ("state_mlp", "state"), **kw)
+
+  def __call__(self, x_MP):
+    h = self.inp(x_MP)
+    for block in self.blocks:
+      h = block(h)
+    z = self.out(self.out_norm(h)).astype(jnp.float32)
+    if self.norm_kind == "layernorm":
+      # Zero mean, unit variance over the Z dims of each patch: the scale the flow head's
+      # unit-Gaussian noise and the PRA noise levels are measured against.
+      z = z - z.mean(-1, keepdims=True)
+      return z * jnp.reciprocal(jnp.sqrt(jnp.mean(jnp.square(z), -1, keepdims=True) + 1e-6))
+    if self.norm_kind == "tanh":
+      return jnp.tanh(z)
+    return z
+
+
+class PixelDecoder(nnx.Module):
+  """z_i (and optionally h_i, for context-aware decoding) -> x_i in pixel space."""
+
+  def __init__(self, cfg, *, patch_dim: int, context_dim: int, rngs: nnx.Rngs):
+    kw = dict(rngs=rngs, dtype=layers.dtype_of(cfg.dtype),
+              param_dtype=layers.dtype_of(cfg.param_dtype))
+    self.inp = layers.dense(cfg.dim, cfg.width, ("state", "state_mlp"), **kw)
+    self.context = (layers.dense(context_dim, cfg.width, ("embed", "state_mlp"), **kw)
+                    if cfg.decoder_context else None)
+    self.blocks = nnx.List([ResMlpBlock(cfg.width, **kw) for _ in range(cfg.depth)])
+    self.out_norm = layers.norm("layernorm", cfg.width, axis_name="state_mlp", **kw)
+    self.out = layers.dense(cfg.width, patch_dim, ("state_mlp", "patch"), **kw)
+
+  @property
+  def uses_context(self) -> bool:
+    return self.context is not None
+
+  def __call__(self, z_MZ, h_MD=None):
+    h = self.inp(z_MZ)
+    if self.context is not None:
+      if h_MD is None:
+        raise ValueError("state.decoder_context is on: the pixel decoder needs the backbone "
+                         "output h as well as z")
+      h = h + self.context(h_MD)
+    for block in self.blocks:
+      h = block(h)
+    return self.out(self.out_norm(h)).astype(jnp.float32)

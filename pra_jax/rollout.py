@@ -1,0 +1,115 @@
+"""The backbone's training inputs: every input mode of the method's ablation in one place.
+
+Dimension legend: B batch, N patches, M = B * (N - 1) input positions, P pixels per patch,
+Z state dims, D width. Only patches 0..N-2 are ever inputs (the last patch is only a target).
+
+| mode        | input at position i                          | cost                          |
+| teacher     | x_i                                          | 1 pass                        |
+| pixel_noise | x_i + sigma_i eps_i                          | 1 pass                        |
+| recon       | G(E(x_i))                                    | 1 pass + per-patch MLPs       |
+| pra         | G(E(x_i) + sigma_i eps_i)  (the method)      | same as recon                 |
+| head_sample | G(z~_i), z~_i ~ H(. | h_i of a no-grad pass) | ~2 passes                     |
+| exact       | the model's own sequential rollout           | N sequential sampling steps   |
+"""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from pra_jax import sampler
+from pra_jax.models import head as head_lib
+
+MODES = ("teacher", "pixel_noise", "recon", "pra", "head_sample", "exact")
+SIGMA_LAWS = ("fixed", "uniform", "schedule")
+_STATE_MODES = ("recon", "pra")
+
+
+def check_config(config) -> None:
+  """Rejects an unknown mode or law, or a mode the model cannot run, before anything compiles."""
+  r = config.rollout
+  if r.mode not in MODES:
+    raise ValueError(f"rollout.mode must be one of {MODES}, got {r.mode!r}")
+  if r.sigma_law not in SIGMA_LAWS:
+    raise ValueError(f"rollout.sigma_law must be one of {SIGMA_LAWS}, got {r.sigma_law!r}")
+  if config.model.direct_pixel and r.mode in _STATE_MODES:
+    raise ValueError(f"rollout.mode={r.mode!r} decodes a state, but model.direct_pixel=True has "
+                     f"no state encoder/decoder; use one of teacher, pixel_noise, head_sample, exact")
+  if not 0 <= r.sigma_min <= r.sigma_max:
+    raise ValueError(f"rollout needs 0 <= sigma_min <= sigma_max, got {r.sigma_min}, {r.sigma_max}")
+
+
+def draw_sigma(key, shape, rollout_cfg, step):
+  """Noise level of each position under the configured law."""
+  r = rollout_cfg
+  if r.sigma_law == "fixed":
+    return jnp.full(shape, r.sigma, jnp.float32)
+  high = r.sigma_max
+  if r.sigma_law == "schedule":
+    ramp = jnp.clip(jnp.asarray(step, jnp.float32) / max(r.schedule_steps, 1), 0.0, 1.0)
+    high = r.sigma_min + (r.sigma_max - r.sigma_min) * ramp
+  return jax.random.uniform(key, shape, minval=r.sigma_min, maxval=high)
+
+
+def per_position(fn, model, *arrays_BN, keys_BN):
+  """Applies fn(model, *per-position values, key) independently at every (b, n) position.
+
+  All positions run in one vmapped call: no position sees another's noise or state.
+  """
+  b, n = keys_BN.shape[:2]
+  flat = lambda a: None if a is None else a.reshape((b * n,) + a.shape[2:])
+  flat_arrays = [flat(a) for a in arrays_BN]
+  in_axes = (None,) + tuple(None if a is None else 0 for a in flat_arrays) + (0,)
+  out_M = nnx.vmap(fn, in_axes=in_axes)(model, *flat_arrays, flat(keys_BN))
+  return out_M.reshape((b, n) + out_M.shape[1:])
+
+
+def _noisy_pixels(model, x_P, key, sigma_fn):
+  k_sigma, k_eps = jax.random.split(key)
+  return x_P + sigma_fn(k_sigma) * jax.random.normal(k_eps, x_P.shape)
+
+
+def _decoded_state(model, z_Z, h_D, key, sigma_fn):
+  if sigma_fn is not None:
+    k_sigma, k_eps = jax.random.split(key)
+    z_Z = z_Z + sigma_fn(k_sigma) * jax.random.normal(k_eps, z_Z.shape)
+  return model.decode(z_Z, h_D)
+
+
+def build_inputs(model, x_BNP, z_BNZ, y_B, key, step, config):
+  """Backbone inputs for patches 0..N-2 under `config.rollout.mode`: [B, N-1, P]."""
+  r = config.rollout
+  x_in, z_in = x_BNP[:, :-1], z_BNZ[:, :-1]
+  keys_BN = jax.random.split(key, x_in.shape[:2])
+
+  if r.mode == "teacher":
+    out = x_in
+  elif r.mode == "pixel_noise":
+    sigma_fn = lambda k: r.pixel_sigma * draw_sigma(k, (), r, step)
+    out = per_position(lambda m, x, k: _noisy_pixels(m, x, k, sigma_fn), model, x_in,
+                       keys_BN=keys_BN)
+  elif r.mode in _STATE_MODES:
+    # A context-aware decoder reads h_i, which at inference comes from the step that generated
+    # patch i; here it comes from a no-grad teacher-forced pass (one extra backbone pass).
+    h_ctx = (jax.lax.stop_gradient(model.backbone(x_in, y_B))[:, :-1]
+             if model.decoder_uses_context else None)
+    sigma_fn = (lambda k: draw_sigma(k, (), r, step)) if r.mode == "pra" else None
+    out = per_position(lambda m, z, h, k: _decoded_state(m, z, h, k, sigma_fn), model,
+                       jax.lax.stop_gradient(z_in) if r.stop_gradient else z_in, h_ctx,
+                       keys_BN=keys_BN)
+  elif r.mode == "head_sample":
+    h_tf = jax.lax.stop_gradient(model.backbone(x_in, y_B))[:, :-1]
+    b, m = h_tf.shape[:2]
+    noise = jax.random.normal(key, (b * m, model.gen_dim))
+    g = head_lib.sample(model.head, h_tf.reshape(b * m, -1), noise,
+                        num_steps=r.head_sample_steps, solver="euler")
+    out = model.decode(g.reshape(b, m, -1), h_tf)
+  elif r.mode == "exact":
+    settings = sampler.SampleSettings(num_steps=r.head_sample_steps)
+    out, _ = sampler.rollout(model, y_B, key, settings)
+    out = out[:, :-1]
+  else:
+    raise ValueError(f"rollout.mode must be one of {MODES}, got {r.mode!r}")
+  # Sampled inputs never carry gradient; decoded ones do only if stop_gradient is off.
+  if r.stop_gradient or r.mode in ("head_sample", "exact"):
+    out = jax.lax.stop_gradient(out)
+  return out
