@@ -1,0 +1,67 @@
+"""Entry point: flags, distributed runtime, versions and devices, then train_and_evaluate.
+
+  python -m pra_jax.main --config=configs/demo.py --workdir=/tmp/pra_demo
+"""
+
+import logging as pylogging
+import os
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Config file of the run.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, samples.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False,
+                               "Allow a workdir whose checkpoints come from another model config.")
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed", "auto", ["auto", "on", "off"],
+    "jax.distributed.initialize(): 'auto' when a cluster is detected or a coordinator is given.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+
+# Variables by which TPU pods, SLURM and Open MPI announce a multi-process job to JAX.
+_CLUSTER_ENV = ("TPU_WORKER_HOSTNAMES", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE",
+                "JAX_COORDINATOR_ADDRESS")
+
+
+def _initialize_distributed():
+  import jax
+
+  explicit = _COORDINATOR.value is not None
+  detected = any(int(os.environ.get(v, "1") or 1) > 1 if v.endswith(("NTASKS", "SIZE"))
+                 else v in os.environ for v in _CLUSTER_ENV)
+  if _DISTRIBUTED.value == "on" or (_DISTRIBUTED.value == "auto" and (explicit or detected)):
+    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                               num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+
+
+def _quiet_library_logs():
+  """Orbax logs every file it writes at INFO; keep its warnings, drop the chatter."""
+  def keep(record):
+    return record.levelno >= pylogging.WARNING or "/orbax/" not in record.pathname
+  logging.get_absl_handler().addFilter(keep)
+
+
+def main(argv):
+  _quiet_library_logs()
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if _WORKDIR.value is None:
+    raise app.UsageError("--workdir is required (checkpoints, logs and samples go there)")
+  import tensorflow as tf  # CLU writes summaries with TF: keep it off the accelerators.
+  tf.config.set_visible_devices([], "GPU")
+  _initialize_distributed()
+  import flax
+  import jax
+  from pra_jax import train
+
+  logging.info("jax %s, flax %s; process %d/%d; %d local / %d global devices: %s",
+               jax.__version__, flax.__version__, jax.process_index(), jax.process_count(),
+               jax.local_device_count(), jax.device_count(), jax.devices()[:4])
+  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value)
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["workdir"])
+  app.run(main)

@@ -1,0 +1,39 @@
+"""The optimizer (AdamW with warmup and cosine or constant decay) and the EMA of the weights."""
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def learning_rate_schedule(train_cfg):
+  if train_cfg.lr_schedule not in ("cosine", "constant"):
+    raise ValueError(f"train.lr_schedule must be 'cosine' or 'constant', got "
+                     f"{train_cfg.lr_schedule!r}")
+  warmup = optax.linear_schedule(0.0, train_cfg.lr, max(train_cfg.warmup_steps, 1))
+  if train_cfg.lr_schedule == "constant":
+    after = optax.constant_schedule(train_cfg.lr)
+  else:
+    after = optax.cosine_decay_schedule(
+        train_cfg.lr, max(train_cfg.num_steps - train_cfg.warmup_steps, 1),
+        alpha=train_cfg.min_lr_ratio)
+  return optax.join_schedules([warmup, after], [train_cfg.warmup_steps])
+
+
+def make_optimizer(train_cfg) -> optax.GradientTransformation:
+  # Decay matrices only: norms, biases and embeddings' scales stay free.
+  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
+  parts = [optax.clip_by_global_norm(train_cfg.grad_clip)] if train_cfg.grad_clip > 0 else []
+  parts.append(optax.adamw(learning_rate_schedule(train_cfg), b1=train_cfg.b1, b2=train_cfg.b2,
+                           weight_decay=train_cfg.weight_decay, mask=decay_mask))
+  return optax.chain(*parts)
+
+
+def ema_decay_at(decay: float, num_updates):
+  """The EMA decay after `num_updates`, warmed up as (1 + n) / (10 + n) so short runs average
+  over their own history rather than over the random init."""
+  n = jnp.asarray(num_updates, jnp.float32)
+  return jnp.minimum(decay, (1.0 + n) / (10.0 + n))
+
+
+def ema_update(ema_params, params, decay):
+  return jax.tree.map(lambda e, p: e * decay + p.astype(e.dtype) * (1.0 - decay), ema_params, params)

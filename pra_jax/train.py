@@ -1,0 +1,196 @@
+"""train_and_evaluate: the whole training run, top to bottom, and the module-level train step.
+
+Resume order (first that applies): the newest good checkpoint in workdir/checkpoints -> fresh
+initialisation from config.seed. Every random draw is keyed by (seed, step), so a resumed run
+draws exactly what the uninterrupted one would have.
+"""
+
+import functools
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from clu import metric_writers, periodic_actions
+from flax import nnx
+
+from pra_jax import checkpoint, config_check, data, loss, optim, sample, sharding
+from pra_jax.models import pra
+
+
+class TrainBundle(nnx.Module):
+  """Everything a step updates: the model, its EMA and the optimizer state."""
+
+  def __init__(self, config):
+    self.model = pra.PRA(config, rngs=nnx.Rngs(config.seed))
+    self.ema = nnx.clone(self.model)
+    self.optimizer = nnx.Optimizer(self.model, optim.make_optimizer(config.train), wrt=nnx.Param)
+
+
+def create_bundle(config, mesh) -> TrainBundle:
+  """Model, EMA and optimizer with every array born sharded on `mesh`."""
+  with sharding.use_mesh(mesh):
+    return nnx.jit(lambda: TrainBundle(config))()
+
+
+def train_step(graphdef, state, images, labels, step, *, config):
+  """One update. Returns (new state, flat dict of scalar metrics).
+
+  A step whose loss or gradient is not finite changes nothing (the update is masked out), so the
+  state is always safe to checkpoint; the host decides whether to stop or go on.
+  """
+  bundle = nnx.merge(graphdef, state)
+  key = jax.random.fold_in(jax.random.key(config.seed), step)
+
+  def loss_fn(model):
+    terms, _ = loss.forward_train(model, images, labels, key, step, config)
+    return terms["total"].mean(), {k: v.mean() for k, v in terms.items()}
+
+  (_, terms), grads = nnx.value_and_grad(loss_fn, has_aux=True)(bundle.model)
+  grad_norm = optax.global_norm(grads)
+  updates = bundle.optimizer.step[...]
+  bundle.optimizer.update(bundle.model, grads)
+  params = nnx.state(bundle.model, nnx.Param)
+  decay = optim.ema_decay_at(config.train.ema_decay, updates)
+  nnx.update(bundle.ema, optim.ema_update(nnx.state(bundle.ema, nnx.Param), params, decay))
+
+  finite = jnp.isfinite(grad_norm)
+  for v in terms.values():
+    finite &= jnp.isfinite(v)
+  new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), nnx.state(bundle), state)
+  metrics = {f"train/{k}": v for k, v in terms.items()}
+  metrics.update({
+      "train/grad_norm": grad_norm,
+      "train/param_norm": optax.global_norm(params),
+      "train/lr": optim.learning_rate_schedule(config.train)(updates),
+      "train/finite": finite.astype(jnp.float32),
+  })
+  return new_state, metrics
+
+
+class _Preemption:
+  """SIGTERM (spot or preemptible capacity going away) asks the loop to save and stop."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def _check_finite(step, metrics, config, skipped):
+  """Host side of the non-finite guard, run one step late."""
+  if metrics["train/finite"] > 0:
+    return skipped
+  bad = sorted(k for k, v in metrics.items() if not np.isfinite(v))
+  if config.train.nonfinite == "skip":
+    logging.warning("Step %d skipped: non-finite %s.", step, ", ".join(bad))
+    return skipped + 1
+  raise FloatingPointError(f"non-finite {', '.join(bad)} at step {step}; the update was not "
+                           f"applied and the last good state is checkpointed. Set "
+                           f"--config.train.nonfinite=skip to step over such batches.")
+
+
+def train_and_evaluate(config, workdir: str, *, overwrite: bool = False) -> dict:
+  """Trains `config` in `workdir` (resuming if it holds checkpoints); returns the last metrics."""
+  # -- checks that cost nothing ---------------------------------------------------------
+  config_check.validate(config)
+  checkpoint.check_workdir(workdir, config, overwrite=overwrite)
+  mesh = sharding.make_mesh(config.sharding.mesh)
+  global_batch = config.train.batch_size
+  if global_batch % sharding.batch_divisor(mesh) or global_batch % jax.process_count():
+    raise ValueError(f"config train.batch_size={global_batch} must be divisible by the data x "
+                     f"fsdp mesh size {sharding.batch_divisor(mesh)} and the "
+                     f"{jax.process_count()} processes")
+  data.validate_config(config.data)
+  logging.info("Mesh %s on %d devices (%d processes).", dict(mesh.shape), mesh.size,
+               jax.process_count())
+
+  # -- data ------------------------------------------------------------------------------
+  train_iter = data.make_train_iterator(
+      config.data, local_batch_size=global_batch // jax.process_count(), seed=config.seed,
+      process_index=jax.process_index(), process_count=jax.process_count())
+
+  # -- model, EMA, optimizer (born sharded) ---------------------------------------------
+  bundle = create_bundle(config, mesh)
+  logging.info("Parameters: %s", pra.count_params(bundle.model))
+  graphdef, state = nnx.split(bundle)
+  del bundle
+  for path, leaf in jax.tree_util.tree_leaves_with_path(nnx.state(nnx.merge(graphdef, state).model)):
+    logging.log_first_n(logging.INFO, "param %s %s %s %s", 1000, jax.tree_util.keystr(path),
+                        leaf.shape, leaf.dtype, leaf.sharding.spec)
+  state_sharding = jax.tree.map(lambda a: a.sharding, state)
+
+  # -- restore ---------------------------------------------------------------------------
+  ckpt = checkpoint.Checkpointer(workdir, config.checkpoint)
+  restored, start_step = ckpt.restore_latest(state, train_iter)
+  if restored is not None:
+    state = restored
+    logging.info("Resumed from %s at step %d.", ckpt.directory, start_step)
+  start_step = start_step or 0
+
+  # -- step function ---------------------------------------------------------------------
+  step_fn = jax.jit(functools.partial(train_step, graphdef, config=config), donate_argnums=0,
+                    out_shardings=(state_sharding, None))
+
+  # -- loop ------------------------------------------------------------------------------
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  if start_step == 0:
+    writer.write_hparams(dict(config.flatten()) if hasattr(config, "flatten") else {})
+  num_steps = config.train.num_steps
+  progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
+  preemption = _Preemption()
+  pending, skipped, bad_images, last = None, 0, 0, {}
+
+  def flush(pending):
+    nonlocal skipped, last
+    step, metrics = pending
+    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    skipped = _check_finite(step, metrics, config, skipped)
+    metrics.update({"train/nonfinite_skipped": skipped, "data/bad_images": bad_images})
+    if step % config.train.log_every == 0 or step == num_steps:
+      writer.write_scalars(step, metrics)
+    last = metrics
+
+  with sharding.use_mesh(mesh):
+    step = start_step
+    try:
+      for step in range(start_step + 1, num_steps + 1):
+        batch = next(train_iter)
+        bad_images += int(np.sum(batch.pop("bad")))
+        batch = sharding.global_batch(batch, mesh)
+        state, metrics = step_fn(state, batch["image"], batch["label"], jnp.int32(step - 1))
+        if pending is not None:
+          flush(pending)  # Fetch step - 1 while step runs: the host never waits on the device.
+        pending = (step, metrics)
+        progress(step)
+        if config.train.sample_every and step % config.train.sample_every == 0:
+          sample.write_grid(nnx.merge(graphdef, state), config, workdir, step, writer)
+        preempted = preemption.requested or ckpt.reached_preemption(step)
+        if step % config.checkpoint.every == 0 or step == num_steps or preempted:
+          flush(pending)
+          pending = None
+          ckpt.save(step, state, train_iter, force=True)
+        if preempted:
+          ckpt.wait()
+          logging.warning("Preempted at step %d: checkpoint saved, exiting.", step)
+          break
+      if pending is not None:
+        flush(pending)
+    except FloatingPointError:
+      ckpt.save(step, state, train_iter, force=True)
+      ckpt.wait()
+      raise
+    finally:
+      preemption.restore()
+      ckpt.close()
+      writer.flush()
+  return last
