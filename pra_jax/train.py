@@ -71,6 +71,17 @@ def train_step(graphdef, state, images, labels, step, *, config):
   return new_state, metrics
 
 
+def _flat_hparams(tree: dict, prefix: str = "") -> dict:
+  """Nested config -> {'model.backbone.width': 768, ...} of scalars, as TensorBoard wants them."""
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out.update(_flat_hparams(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
+  return out
+
+
 class _Preemption:
   """SIGTERM (spot or preemptible capacity going away) asks the loop to save and stop."""
 
@@ -144,7 +155,7 @@ def train_and_evaluate(config, workdir: str, *, overwrite: bool = False) -> dict
   # -- loop ------------------------------------------------------------------------------
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   if start_step == 0:
-    writer.write_hparams(dict(config.flatten()) if hasattr(config, "flatten") else {})
+    writer.write_hparams(_flat_hparams(config.to_dict()))
   num_steps = config.train.num_steps
   progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
   preemption = _Preemption()

@@ -61,7 +61,9 @@ class DigitsClassifier(nnx.Module):
     b = x_BSS1.shape[0]
     x = nnx.avg_pool(nnx.relu(self.conv1(_resample(x_BSS1))), (2, 2), strides=(2, 2))
     x = nnx.avg_pool(nnx.relu(self.conv2(x)), (2, 2), strides=(2, 2))
-    return nnx.relu(self.hidden(x.reshape(b, -1)))
+    # GELU, not ReLU: dead units would leave the feature covariance singular and make the
+    # Frechet distance ill-conditioned.
+    return nnx.gelu(self.hidden(x.reshape(b, -1)))
 
   def __call__(self, x_BSS1: jax.Array) -> jax.Array:
     return self.head(self.features(x_BSS1))
@@ -182,6 +184,8 @@ def _load(path: str, image_size: int) -> DigitsClassifier:
     if stored[k].shape != v.shape or stored[k].dtype != v.dtype:
       raise ValueError(f"cache entry {k} is {stored[k].dtype}{stored[k].shape}, "
                        f"expected {v.dtype}{v.shape}")
+    if not np.isfinite(stored[k]).all():
+      raise ValueError(f"cache entry {k} holds non-finite values")
   nested = traverse_util.unflatten_dict({k: jnp.asarray(v) for k, v in stored.items()}, sep="/")
   nnx.replace_by_pure_dict(state, nested)
   return nnx.merge(graphdef, state)
@@ -210,8 +214,13 @@ def _forward(graphdef, state, images_BSS1):
   return model.head(feats), feats
 
 
-def classifier_outputs(model: DigitsClassifier, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def classifier_outputs(model: DigitsClassifier,
+                       images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """(logits [n, 10], features [n, FEATURE_DIM]) as float32 numpy, in fixed-size batches."""
+  images = np.asarray(images)
+  if images.ndim != 4 or images.shape[1:] != (model.image_size, model.image_size, 1):
+    raise ValueError(f"classifier reads [n, {model.image_size}, {model.image_size}, 1] images, "
+                     f"got shape {images.shape}")
   graphdef, state = nnx.split(model)
   logits, feats = [], []
   for start in range(0, len(images), _EVAL_BATCH):
@@ -275,6 +284,8 @@ def evaluate_digits(images, labels, cache_dir: str, image_size: int | None = Non
   real_logits, real_feats = classifier_outputs(model, real_images)
   logits, feats = classifier_outputs(model, images)
   fd = frechet_distance(*feature_statistics(feats), *feature_statistics(real_feats))
+  # A distance cannot be negative; identical sets land at -1e-12 by rounding.
+  fd = max(fd, 0.0)
   return {
       "digits_accuracy": float((logits.argmax(-1) == labels).mean()),
       "digits_fd": fd,
