@@ -103,8 +103,16 @@ def base_config() -> ml_collections.ConfigDict:
   t.nonfinite = "raise"            # 'raise' (stop after the last good checkpoint) | 'skip'.
   t.log_every = 100
   t.sample_every = 10_000          # Sample grid to TensorBoard and workdir/samples/ (0 = off).
-  t.eval_every = 0                 # Periodic quality evaluation (0 = off).
-  t.eval_num_images = 1000
+  t.eval_every = 0                 # Periodic quality evaluation (0 = off); see `eval` below.
+
+  # -- evaluation (periodic during training, and pra_jax.evaluate) ----------------------------
+  c.eval = e = ml_collections.ConfigDict()
+  e.num_images = 1000              # Samples per periodic evaluation (classes balanced).
+  e.inception_path = ""            # FID weights (.npz, see pra_jax.tools.convert_inception).
+  e.ref_path = ""                  # ADM reference batch (.npz with mu, sigma[, arr_0]).
+  e.batch_size = 100               # Inception batch.
+  # With data.source='digits' the periodic evaluation uses the digits judge instead
+  # (class accuracy of samples, Frechet distance in its features); no files needed.
 
   # -- sharding -----------------------------------------------------------------------------
   c.sharding = sh = ml_collections.ConfigDict()

@@ -7,6 +7,7 @@ skipped with a warning in favour of the newest one that does.
 
 import json
 import os
+import time
 
 import grain
 import jax
@@ -101,7 +102,19 @@ class Checkpointer:
       except Exception as e:  # pylint: disable=broad-except
         logging.warning("Checkpoint %s/%d does not restore (%s: %s); trying an older one.",
                         self.directory, step, type(e).__name__, str(e).splitlines()[0][:200])
+        self._set_aside(step)
     return None, None
+
+  def _set_aside(self, step: int) -> None:
+    """Renames an unreadable step to <step>.unreadable: kept for inspection, never deleted, and
+    out of the way of the step number the resumed run will save again."""
+    src = os.path.join(self.directory, str(step))
+    if jax.process_index() == 0 and os.path.isdir(src):
+      os.replace(src, f"{src}.unreadable-{int(time.time())}")
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices(f"pra_jax set aside checkpoint {step}")
+    self.manager.reload()
 
   def reached_preemption(self, step: int) -> bool:
     return self.manager.reached_preemption(step)

@@ -6,6 +6,7 @@ digits demo's own metrics. Prints the metrics and writes them beside the samples
   python -m pra_jax.evaluate --samples=samples.npz --metrics=digits
 """
 
+import functools
 import hashlib
 import importlib
 import json
@@ -15,16 +16,6 @@ import numpy as np
 from absl import app, flags, logging
 
 from pra_jax.metrics import fid, inception
-
-FLAGS = flags.FLAGS
-flags.DEFINE_string("samples", None, ".npz of samples: arr_0 uint8 NHWC, arr_1 labels (optional).")
-flags.DEFINE_enum("metrics", "inception", ["inception", "digits"],
-                  "inception: FID/IS/precision/recall vs --ref; digits: the demo's probe metrics.")
-flags.DEFINE_string("ref", None, "ADM reference batch .npz (mu, sigma; arr_0 for prec/recall).")
-flags.DEFINE_string("inception", None, f"Inception weights .npz. {inception.WEIGHTS_HOWTO}")
-flags.DEFINE_integer("batch_size", 200, "Images per Inception batch (over all local devices).")
-flags.DEFINE_integer("is_splits", 10, "Inception Score splits (ADM: 50k samples in 10).")
-flags.DEFINE_string("cache_dir", None, "Cache for the digits metrics; default: the samples' folder.")
 
 
 def load_samples(path: str) -> tuple[np.ndarray, np.ndarray | None]:
@@ -50,29 +41,43 @@ def file_sha256(path: str) -> str:
   return digest.hexdigest()
 
 
+def _stamp(path: str) -> tuple:
+  """Cache key of a file: a rewritten file is reloaded."""
+  path = os.path.abspath(path)
+  st = os.stat(path) if os.path.isfile(path) else None
+  return (path, st and st.st_mtime_ns, st and st.st_size)
+
+
+@functools.lru_cache(maxsize=1)
+def _reference_and_model(ref_stamp: tuple, inception_stamp: tuple, batch_size: int):
+  """(reference stats and pool features, model, weights sha256), kept across trainer evals."""
+  ref = fid.load_reference(ref_stamp[0])
+  model = inception.load_inception(inception_stamp[0])
+  if "images" in ref:
+    ref["pool"] = fid.run_inception(ref.pop("images"), model, batch_size)[0]
+  return ref, model, file_sha256(inception_stamp[0])
+
+
 def evaluate_inception(samples, labels, ref_path: str, inception_path: str,
                        batch_size: int = 200, is_splits: int = 10) -> dict:
   """FID, IS, precision and recall (k=3) of uint8 NHWC samples, as ADM's evaluator scores them.
 
   labels are accepted for a uniform call site and unused: these metrics are unconditional.
-  Precision and recall are None when the reference batch has no arr_0 images.
+  precision and recall are left out when the reference batch has no arr_0 images. The
+  weights and the reference's features are reused by later calls with the same files.
   """
   del labels
   samples = fid.check_images(samples, "samples")
-  ref = fid.load_reference(ref_path)
-  model = inception.load_inception(inception_path)
+  ref, model, sha256 = _reference_and_model(_stamp(ref_path), _stamp(inception_path), batch_size)
   pool, logits = fid.run_inception(samples, model, batch_size)
   metrics = {
       "fid": fid.fid_from_features(pool, ref["mu"], ref["sigma"]),
       "inception_score": fid.inception_score(logits, min(is_splits, len(samples))),
-      "precision": None,
-      "recall": None,
       "num_images": int(samples.shape[0]),
-      "inception_sha256": file_sha256(inception_path),
+      "inception_sha256": sha256,
   }
-  if "images" in ref:
-    ref_pool, _ = fid.run_inception(ref["images"], model, batch_size)
-    metrics["precision"], metrics["recall"] = fid.precision_recall(ref_pool, pool, k=3)
+  if "pool" in ref:
+    metrics["precision"], metrics["recall"] = fid.precision_recall(ref["pool"], pool, k=3)
   else:
     logging.warning("reference batch %s has no arr_0 images: no precision/recall", ref_path)
   return metrics
@@ -84,28 +89,53 @@ def metrics_path(samples_path: str) -> str:
   return (root if ext == ".npz" else samples_path) + ".metrics.json"
 
 
+def _define_flags():
+  """CLI flags, defined only when this module runs as the program (the trainer imports it)."""
+  return {
+      "samples": flags.DEFINE_string("samples", None,
+                                     ".npz of samples: arr_0 uint8 NHWC, arr_1 labels (optional)."),
+      "metrics": flags.DEFINE_enum("metrics", "inception", ["inception", "digits"],
+                                   "inception: FID/IS/precision/recall against --ref; digits: "
+                                   "the demo's judge (pra_jax.metrics.digits)."),
+      "ref": flags.DEFINE_string("ref", None,
+                                 "ADM reference batch .npz (mu, sigma; arr_0 for precision/recall)."),
+      "inception": flags.DEFINE_string("inception", None,
+                                       f"Inception weights .npz. {inception.WEIGHTS_HOWTO}"),
+      "batch_size": flags.DEFINE_integer("batch_size", 200,
+                                         "Images per Inception batch, over all local devices."),
+      "is_splits": flags.DEFINE_integer("is_splits", 10, "Inception Score splits (ADM: 10 of 5k)."),
+      "cache_dir": flags.DEFINE_string("cache_dir", None,
+                                       "Digits judge cache; default: the samples' folder."),
+  }
+
+
+_FLAGS = {}
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not FLAGS.samples:
+  f = {k: v.value for k, v in _FLAGS.items()}
+  if not f["samples"]:
     raise app.UsageError("--samples is required")
-  images, labels = load_samples(FLAGS.samples)
-  if FLAGS.metrics == "inception":
-    if not FLAGS.ref or not FLAGS.inception:
+  images, labels = load_samples(f["samples"])
+  if f["metrics"] == "inception":
+    if not f["ref"] or not f["inception"]:
       raise app.UsageError("--metrics=inception needs --ref and --inception")
-    metrics = evaluate_inception(images, labels, FLAGS.ref, FLAGS.inception, FLAGS.batch_size,
-                                 FLAGS.is_splits)
+    metrics = evaluate_inception(images, labels, f["ref"], f["inception"], f["batch_size"],
+                                 f["is_splits"])
   else:
     digits = importlib.import_module("pra_jax.metrics.digits")  # Only this branch needs it.
-    cache_dir = FLAGS.cache_dir or os.path.dirname(os.path.abspath(FLAGS.samples))
+    cache_dir = f["cache_dir"] or os.path.dirname(os.path.abspath(f["samples"]))
     metrics = digits.evaluate_digits(images, labels, cache_dir)
   metrics = {k: v.item() if hasattr(v, "item") else v for k, v in metrics.items()}
-  out = metrics_path(FLAGS.samples)
-  with open(out, "w") as f:
-    json.dump(metrics, f, indent=2, sort_keys=True)
+  out = metrics_path(f["samples"])
+  with open(out, "w") as fp:
+    json.dump(metrics, fp, indent=2, sort_keys=True)
   print(json.dumps(metrics, sort_keys=True))
   logging.info("wrote %s", out)
 
 
 if __name__ == "__main__":
+  _FLAGS.update(_define_flags())
   app.run(main)

@@ -218,6 +218,8 @@ def map_batches(fn, images, batch_size: int, mesh: jax.sharding.Mesh | None = No
       logging.info("%s: %d/%d, %.1f/s", what, start + count, n,
                    (start + count) / (last_log - start_time))
   outputs.append(tuple(np.asarray(r)[:pending[1]] for r in pending[0]))
+  if time.time() - start_time > log_every_s:
+    logging.info("%s: all %d done in %.0fs", what, n, time.time() - start_time)
   return tuple(np.concatenate(parts) for parts in zip(*outputs))
 
 

@@ -28,8 +28,8 @@ WEIGHTS_HOWTO = (
     "`python -m pra_jax.tools.convert_inception --pth=pt_inception-2015-12-05-6726825d.pth "
     "--out=inception_fid.npz` (needs torch; see requirements-test.txt).")
 
-# He-normal only gives random-weight test networks activations of a sane size; real use
-# always loads the converted weights over it.
+# He-normal kernels keep a random-weight (test) network's activations at a sane size; real
+# use loads the converted weights over them.
 _KERNEL_INIT = nnx.initializers.variance_scaling(2.0, "fan_in", "normal")
 
 
@@ -289,11 +289,16 @@ def make_extractor(model: InceptionV3, mesh: jax.sharding.Mesh | None = None
 
 # ----------------------------------------------------------------------------- weights
 
+@functools.cache
+def _abstract_model():
+  """(graphdef, [(path, abstract variable)]) of InceptionV3; tracing it takes seconds."""
+  graphdef, state = nnx.split(nnx.eval_shape(lambda: InceptionV3(rngs=nnx.Rngs(0))))
+  return graphdef, tuple(nnx.to_flat_state(state))
+
+
 def weight_shapes() -> dict[str, tuple[int, ...]]:
   """The .npz array names (NNX state paths joined by '.') and their shapes."""
-  abstract = nnx.eval_shape(lambda: InceptionV3(rngs=nnx.Rngs(0)))
-  return {".".join(map(str, path)): tuple(v.shape)
-          for path, v in nnx.to_flat_state(nnx.state(abstract))}
+  return {".".join(map(str, p)): tuple(v.shape) for p, v in _abstract_model()[1]}
 
 
 def save_inception(model: InceptionV3, path: str) -> None:
@@ -305,24 +310,25 @@ def save_inception(model: InceptionV3, path: str) -> None:
 
 
 def _model_from_arrays(get: Callable[[str], np.ndarray], names: set[str], source: str):
-  abstract = nnx.eval_shape(lambda: InceptionV3(rngs=nnx.Rngs(0)))
-  graphdef, state = nnx.split(abstract)
-  flat = nnx.to_flat_state(state)
-  expected = {".".join(map(str, p)) for p, _ in flat}
-  missing, extra = sorted(expected - names), sorted(names - expected)
+  """Checks shapes of the arrays present, then that none is missing or extra, then builds."""
+  graphdef, flat = _abstract_model()
+  expected = weight_shapes()
+  arrays = {}
+  for name, shape in expected.items():
+    if name in names:
+      arrays[name] = get(name)
+      if tuple(arrays[name].shape) != shape:
+        raise ValueError(f"Inception weights {source}: array {name!r} has shape "
+                         f"{tuple(arrays[name].shape)}, expected {shape}")
+  missing, extra = sorted(set(expected) - names), sorted(names - set(expected))
   if missing or extra:
     raise ValueError(
-        f"Inception weights {source} does not hold the expected arrays: "
+        f"Inception weights {source} do not hold the expected arrays: "
         f"{len(missing)} missing (e.g. {missing[:3]}), {len(extra)} unexpected "
         f"(e.g. {extra[:3]}). {WEIGHTS_HOWTO}")
-  for p, var in flat:
-    name = ".".join(map(str, p))
-    arr = get(name)
-    if tuple(arr.shape) != tuple(var.shape):
-      raise ValueError(f"Inception weights {source}: array {name!r} has shape "
-                       f"{tuple(arr.shape)}, expected {tuple(var.shape)}")
-    var.set_value(jnp.asarray(arr, jnp.float32))
-  return nnx.merge(graphdef, nnx.from_flat_state(flat))
+  state = [(p, var.replace(jnp.asarray(arrays[".".join(map(str, p))], jnp.float32)))
+           for p, var in flat]
+  return nnx.merge(graphdef, nnx.from_flat_state(state))
 
 
 def load_inception(path: str) -> InceptionV3:

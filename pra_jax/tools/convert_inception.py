@@ -56,25 +56,39 @@ def convert_state_dict(state_dict) -> dict[str, np.ndarray]:
   return out
 
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("pth", None, "pytorch-fid's pt_inception-2015-12-05-6726825d.pth.")
-flags.DEFINE_string("out", "inception_fid.npz", "Where to write the converted weights.")
+def convert_file(pth_path: str, out_path: str) -> str:
+  """Converts a .pth state dict to our .npz; returns the .npz's sha256."""
+  import torch  # Imported here: only the conversion needs it.
+
+  arrays = convert_state_dict(torch.load(pth_path, map_location="cpu", weights_only=True))
+  with open(out_path, "wb") as f:
+    np.savez(f, **arrays)
+  with open(out_path, "rb") as f:
+    digest = hashlib.sha256(f.read()).hexdigest()
+  logging.info("wrote %d arrays to %s (sha256 %s)", len(arrays), out_path, digest)
+  return digest
+
+
+def _define_flags():
+  """CLI flags, defined only when this module runs as the program."""
+  return {
+      "pth": flags.DEFINE_string("pth", None, "pytorch-fid's pt_inception-2015-12-05-6726825d.pth."),
+      "out": flags.DEFINE_string("out", "inception_fid.npz", "Where to write the .npz."),
+  }
+
+
+_FLAGS = {}
 
 
 def main(argv):
-  del argv
-  import torch  # Imported here: only the conversion needs it.
-
-  state_dict = torch.load(FLAGS.pth, map_location="cpu", weights_only=True)
-  arrays = convert_state_dict(state_dict)
-  with open(FLAGS.out, "wb") as f:
-    np.savez(f, **arrays)
-  with open(FLAGS.out, "rb") as f:
-    digest = hashlib.sha256(f.read()).hexdigest()
-  logging.info("wrote %d arrays to %s (sha256 %s)", len(arrays), FLAGS.out, digest)
-  print(f"{FLAGS.out}: {len(arrays)} arrays, sha256 {digest}")
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not _FLAGS["pth"].value:
+    raise app.UsageError("--pth is required")
+  digest = convert_file(_FLAGS["pth"].value, _FLAGS["out"].value)
+  print(f"wrote {_FLAGS['out'].value} (sha256 {digest})")
 
 
 if __name__ == "__main__":
-  flags.mark_flag_as_required("pth")
+  _FLAGS.update(_define_flags())
   app.run(main)

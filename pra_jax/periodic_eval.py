@@ -1,0 +1,44 @@
+"""Quality metrics of the EMA model during training, written to the CLU dashboard.
+
+Digits runs use the digits judge (no files needed); other runs compute FID/IS against the
+reference batch in config.eval when its files are given.
+"""
+
+import os
+
+import jax
+import numpy as np
+from absl import logging
+
+from pra_jax import sample, sampler
+
+
+def balanced_labels(num_images: int, num_classes: int) -> np.ndarray:
+  return (np.arange(num_images) % num_classes).astype(np.int32)
+
+
+def evaluate_samples(images: np.ndarray, labels: np.ndarray, config, cache_dir: str) -> dict:
+  """Metrics of generated uint8 images for their requested labels."""
+  if config.data.source == "digits":
+    from pra_jax.metrics import digits
+    return digits.evaluate_digits(images, labels, cache_dir)
+  if config.eval.inception_path and config.eval.ref_path:
+    from pra_jax import evaluate
+    return evaluate.evaluate_inception(images, labels, config.eval.ref_path,
+                                       config.eval.inception_path, config.eval.batch_size)
+  logging.warning("train.eval_every is set but config.eval.inception_path / ref_path are not: "
+                  "no periodic evaluation.")
+  return {}
+
+
+def evaluate_model(model, config, workdir: str, step: int, writer=None) -> dict:
+  labels = balanced_labels(config.eval.num_images, config.data.num_classes)
+  settings = sampler.SampleSettings.from_config(config.sample)
+  images = sample.generate_many(model, labels, jax.random.key(config.seed + 2), settings,
+                                min(config.sample.batch_size, len(labels)))
+  metrics = evaluate_samples(images, labels, config, os.path.join(workdir, "eval_cache"))
+  metrics = {f"eval/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+  if writer is not None and metrics:
+    writer.write_scalars(step, metrics)
+  logging.info("Evaluation at step %d: %s", step, metrics)
+  return metrics
