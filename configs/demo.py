@@ -28,13 +28,15 @@ def get_config():
 
   t = c.train
   t.batch_size = 64
-  t.num_steps = 1500
+  t.num_steps = 1000               # Recognisable digits in every row by ~500 steps.
   t.lr = 1e-3
   t.warmup_steps = 100
   t.weight_decay = 0.0
   t.ema_decay = 0.995
   t.log_every = 50
-  t.sample_every = 500
+  t.sample_every = 500             # Grids in workdir/samples/ and TensorBoard (and at the end).
+  t.eval_every = 1000              # Digits judge on 500 samples: class accuracy + Frechet distance.
+  c.eval.num_images = 500
   c.checkpoint.every = 500
   c.checkpoint.max_to_keep = 2
 

@@ -37,7 +37,7 @@ def evaluate_model(model, config, workdir: str, step: int, writer=None) -> dict:
   images = sample.generate_many(model, labels, jax.random.key(config.seed + 2), settings,
                                 min(config.sample.batch_size, len(labels)))
   metrics = evaluate_samples(images, labels, config, os.path.join(workdir, "eval_cache"))
-  metrics = {f"eval/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+  metrics = {f"eval/{k}": float(v) for k, v in metrics.items() if not isinstance(v, str)}
   if writer is not None and metrics:
     writer.write_scalars(step, metrics)
   logging.info("Evaluation at step %d: %s", step, metrics)

@@ -17,7 +17,7 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 from flax import nnx
 
-from pra_jax import checkpoint, config_check, data, loss, optim, sample, sharding
+from pra_jax import checkpoint, config_check, data, loss, optim, periodic_eval, sample, sharding
 from pra_jax.models import pra
 
 
@@ -42,6 +42,8 @@ def train_step(graphdef, state, images, labels, step, *, config):
   A step whose loss or gradient is not finite changes nothing (the update is masked out), so the
   state is always safe to checkpoint; the host decides whether to stop or go on.
   """
+  # Kept as plain arrays: merge hands the state's variables to the bundle, which updates them.
+  old_leaves = jax.tree.leaves(state)
   bundle = nnx.merge(graphdef, state)
   key = jax.random.fold_in(jax.random.key(config.seed), step)
 
@@ -57,14 +59,18 @@ def train_step(graphdef, state, images, labels, step, *, config):
   decay = optim.ema_decay_at(config.train.ema_decay, updates)
   nnx.update(bundle.ema, optim.ema_update(nnx.state(bundle.ema, nnx.Param), params, decay))
 
-  finite = jnp.isfinite(grad_norm)
+  # The updated weights are checked too: a finite gradient can still overflow them.
+  param_norm = optax.global_norm(params)
+  finite = jnp.isfinite(grad_norm) & jnp.isfinite(param_norm)
   for v in terms.values():
     finite &= jnp.isfinite(v)
-  new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), nnx.state(bundle), state)
+  new_leaves, treedef = jax.tree.flatten(nnx.state(bundle))
+  new_state = jax.tree.unflatten(
+      treedef, [jnp.where(finite, n, o) for n, o in zip(new_leaves, old_leaves)])
   metrics = {f"train/{k}": v for k, v in terms.items()}
   metrics.update({
       "train/grad_norm": grad_norm,
-      "train/param_norm": optax.global_norm(params),
+      "train/param_norm": param_norm,
       "train/lr": optim.learning_rate_schedule(config.train)(updates),
       "train/finite": finite.astype(jnp.float32),
   })
@@ -159,7 +165,7 @@ def train_and_evaluate(config, workdir: str, *, overwrite: bool = False) -> dict
   num_steps = config.train.num_steps
   progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
   preemption = _Preemption()
-  pending, skipped, bad_images, last = None, 0, 0, {}
+  pending, skipped, bad_images, last, last_eval = None, 0, 0, {}, {}
 
   def flush(pending):
     nonlocal skipped, last
@@ -183,8 +189,12 @@ def train_and_evaluate(config, workdir: str, *, overwrite: bool = False) -> dict
           flush(pending)  # Fetch step - 1 while step runs: the host never waits on the device.
         pending = (step, metrics)
         progress(step)
-        if config.train.sample_every and step % config.train.sample_every == 0:
+        if config.train.sample_every and (step % config.train.sample_every == 0 or step == num_steps):
           sample.write_grid(nnx.merge(graphdef, state), config, workdir, step, writer)
+        if config.train.eval_every and (step % config.train.eval_every == 0 or step == num_steps):
+          bundle = nnx.merge(graphdef, state)
+          last_eval = periodic_eval.evaluate_model(
+              bundle.ema if config.sample.use_ema else bundle.model, config, workdir, step, writer)
         preempted = preemption.requested or ckpt.reached_preemption(step)
         if step % config.checkpoint.every == 0 or step == num_steps or preempted:
           flush(pending)
@@ -204,4 +214,4 @@ def train_and_evaluate(config, workdir: str, *, overwrite: bool = False) -> dict
       preemption.restore()
       ckpt.close()
       writer.flush()
-  return last
+  return {**last, **last_eval}
