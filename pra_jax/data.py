@@ -315,7 +315,8 @@ def _open_tfds(data_cfg: ml_collections.ConfigDict, split: str) -> Any:
 
   name, data_dir = data_cfg.tfds_name, data_cfg.get("tfds_data_dir") or None
   if data_dir is not None and not os.path.isdir(data_dir):
-    raise FileNotFoundError(f"TFDS data dir {data_dir!r} (data.tfds_data_dir) does not exist")
+    raise FileNotFoundError(f"TFDS data dir {data_dir!r} (data.tfds_data_dir) does not exist; "
+                            f"build the dataset there with: {_tfds_build_hint(name, data_dir)}")
   try:
     # download=False: a missing dataset must be an error here, not a download attempt.
     return tfds.data_source(name, split=split, data_dir=data_dir, download=False)

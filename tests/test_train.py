@@ -90,7 +90,7 @@ def test_missing_data_and_empty_folder(tmp_path):
   config = tiny.get_config()
   config.data.source = "folder"
   config.data.folder = str(tmp_path / "nowhere")
-  with pytest.raises(ValueError, match="nowhere"):
+  with pytest.raises(FileNotFoundError, match="nowhere"):
     train.train_and_evaluate(config, str(tmp_path / "run1"))
   (tmp_path / "empty" / "class_a").mkdir(parents=True)
   config.data.folder = str(tmp_path / "empty")
@@ -102,6 +102,9 @@ def test_missing_tfds_dataset_names_the_build_command(tmp_path):
   config = tiny.get_config()
   config.data.source = "tfds"
   config.data.tfds_data_dir = str(tmp_path / "tfds")
+  with pytest.raises(FileNotFoundError, match="tfds build imagenet2012"):
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+  (tmp_path / "tfds").mkdir()
   with pytest.raises(ValueError, match="tfds build imagenet2012"):
     train.train_and_evaluate(config, str(tmp_path / "run"))
 
