@@ -77,6 +77,7 @@ def _decoded_state(model, z_Z, h_D, key, sigma_fn):
 
 def build_inputs(model, x_BNP, z_BNZ, y_B, key, step, config):
   """Backbone inputs for patches 0..N-2 under `config.rollout.mode`: [B, N-1, P]."""
+  check_config(config)  # At trace time: a state mode on a direct-pixel model must not run.
   r = config.rollout
   x_in, z_in = x_BNP[:, :-1], z_BNZ[:, :-1]
   keys_BN = jax.random.split(key, x_in.shape[:2])

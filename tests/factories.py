@@ -1,8 +1,11 @@
-"""Tiny PRA models and batches for tests: built from the tiny config without compiling an init.
+"""Tiny PRA models, batches and compiled step functions shared by the model tests.
 
 `random_model` fills an abstract model with seeded random parameters (no zero-initialised output
-layers), so every test of sensitivity, causality or gradient flow is able to fail.
+layers), so every test of sensitivity, causality or gradient flow is able to fail. The compiled
+functions are cached per config / settings so that test files share their compiles.
 """
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -10,10 +13,16 @@ import numpy as np
 from flax import nnx
 
 from configs import tiny
-from pra_jax import data
+from pra_jax import data, loss, sampler, sharding
 from pra_jax.models import pra
 
-# Filling an abstract model costs milliseconds; `pra.create_model` compiles an init (seconds).
+# At these sizes XLA's compile time dominates every test and its optimisation passes buy nothing:
+# level 0 compiles 2-3x faster. Results agree with the default level to float32 rounding.
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+
+
+def jit(fn, **kwargs):
+  return jax.jit(fn, compiler_options=FAST_COMPILE, **kwargs)
 
 
 def tiny_config(**overrides):
@@ -24,33 +33,35 @@ def tiny_config(**overrides):
     node = c
     for p in parents:
       node = node[p]
+    if leaf not in node:
+      raise KeyError(f"tiny config has no field {path!r}")
     node[leaf] = value
   return c
 
 
-def randomise(model: nnx.Module, seed: int = 0, scale: float = 1.0) -> nnx.Module:
+def _placement(leaf, mesh):
+  """Where pra.create_model would put this parameter: its named sharding on a concrete mesh."""
+  spec = getattr(getattr(leaf, "sharding", None), "spec", None)
+  return jax.sharding.NamedSharding(mesh, spec) if spec is not None else None
+
+
+def randomise(model: nnx.Module, seed: int = 0) -> nnx.Module:
   """Replaces every Param of `model` (abstract or real) by seeded random values, in place.
 
-  Kernels and embeddings get N(0, scale^2 / fan_in) (fan_in the second-to-last axis, so stacked
-  scan layers are treated per layer), norm scales 1 + N(0, 0.1^2), biases and everything else
-  N(0, 0.1^2): no output is structurally independent of its inputs.
+  Kernels and embeddings get N(0, 1 / fan_in) (fan_in the second-to-last axis, so stacked scan
+  layers count per layer), norm scales 1 + N(0, 0.1^2), biases and the rest N(0, 0.1^2).
   """
   rng = np.random.default_rng(seed)
-  state = nnx.state(model, nnx.Param)
-
-  def fill(path, leaf):
-    name = str(path[-1].key if hasattr(path[-1], "key") else path[-1])
-    shape = leaf.shape
-    if name == "scale":
-      value = 1.0 + 0.1 * rng.standard_normal(shape)
-    elif len(shape) >= 2 and name in ("kernel", "embedding"):
-      value = scale * rng.standard_normal(shape) / np.sqrt(shape[-2])
+  flat = {}
+  for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+    shape = var.get_value().shape
+    if path[-1] == "scale":
+      flat[path] = 1.0 + 0.1 * rng.standard_normal(shape)
+    elif len(shape) >= 2 and path[-1] in ("kernel", "embedding"):
+      flat[path] = rng.standard_normal(shape) / np.sqrt(shape[-2])
     else:
-      value = 0.1 * rng.standard_normal(shape)
-    return jnp.asarray(value, leaf.dtype)
-
-  nnx.update(model, jax.tree.map_with_path(fill, state))
-  return model
+      flat[path] = 0.1 * rng.standard_normal(shape)
+  return set_params(model, flat)
 
 
 def random_model(config, seed: int = 0) -> pra.PRA:
@@ -58,13 +69,72 @@ def random_model(config, seed: int = 0) -> pra.PRA:
   return randomise(pra.abstract_model(config), seed)
 
 
-def copy_params(src: nnx.Module, dst: nnx.Module) -> nnx.Module:
-  """Copies every Param of `src` into `dst` (same structure and shapes)."""
-  nnx.update(dst, jax.tree.map(jnp.asarray, nnx.state(src, nnx.Param)))
-  return dst
+def flat_params(tree) -> dict[tuple, jax.Array]:
+  """{path: array} of a model's Params, or of a gradient State."""
+  state = tree if isinstance(tree, nnx.State) else nnx.state(tree, nnx.Param)
+  return {path: var.get_value() for path, var in nnx.to_flat_state(state)}
+
+
+def set_params(model: nnx.Module, flat: dict[tuple, jax.Array]) -> nnx.Module:
+  """Writes {path: array} into the model's Params (every Param must be given).
+
+  Values are placed as pra.create_model places them, so both kinds of model share compiles.
+  """
+  state = nnx.state(model, nnx.Param)
+  missing = set(dict(nnx.to_flat_state(state))) - set(flat)
+  if missing:
+    raise KeyError(f"no values for {sorted(missing)[:3]}...")
+  mesh = sharding.single_device_mesh()
+  placed = []
+  for path, var in nnx.to_flat_state(state):
+    old = var.get_value()
+    placed.append((path, jax.device_put(jnp.asarray(flat[path], old.dtype),
+                                        _placement(old, mesh))))
+  nnx.update(model, nnx.from_flat_state(placed))
+  return model
+
+
+def unstack_layers(flat_scanned: dict[tuple, jax.Array], depth: int) -> dict[tuple, jax.Array]:
+  """Scanned backbone params ('blocks', name...) [depth, ...] -> unrolled ('blocks', i, name...)."""
+  out = {}
+  for path, value in flat_scanned.items():
+    if path[:2] == ("backbone", "blocks"):
+      for i in range(depth):
+        out[path[:2] + (i,) + path[2:]] = value[i]
+    else:
+      out[path] = value
+  return out
 
 
 def digits_batch(n: int = 8, image_size: int = 16):
   """A fixed batch: the first n training digits (uint8 [n, s, s, 1], int32 [n])."""
   images, labels = data.load_digits_split("train", image_size)
   return jnp.asarray(images[:n]), jnp.asarray(labels[:n])
+
+
+# -- compiled functions, one per config / settings -----------------------------------------------
+_LOSS_FNS = {}
+
+
+def loss_and_grads(config):
+  """fn(model, images, labels, key, weights) -> (terms, aux, grads of mean(w0 head + w1 recon)).
+
+  Weights (1, loss.recon_weight) give the gradient of the training loss 'total'; (1, 0) and
+  (0, 1) separate what the head and the reconstruction losses each reach.
+  """
+  cache_key = config.to_json()
+  if cache_key not in _LOSS_FNS:
+    def fn(model, images, labels, key, weights):
+      def objective(model):
+        terms, aux = loss.forward_train(model, images, labels, key, 0, config)
+        return jnp.mean(weights[0] * terms["head"] + weights[1] * terms["recon"]), (terms, aux)
+      (_, (terms, aux)), grads = nnx.value_and_grad(objective, has_aux=True)(model)
+      return terms, aux, grads
+    _LOSS_FNS[cache_key] = jit(fn)
+  return _LOSS_FNS[cache_key]
+
+
+@functools.cache
+def rollout_fn(settings: sampler.SampleSettings):
+  """fn(model, labels, key) -> sampler.rollout's (x_BNP, g_BNZ) under `settings`."""
+  return jit(lambda model, labels, key: sampler.rollout(model, labels, key, settings))

@@ -104,10 +104,10 @@ class Backbone(nnx.Module):
         num_classes + 1, d, embedding_init=nnx.with_partitioning(init, ("vocab", "embed")),
         dtype=self.dtype, param_dtype=param_dtype, rngs=rngs)
     self.class_pos = nnx.Param(init(rngs.params(), (self.num_class_tokens, d), param_dtype),
-                               sharding_names=(None, "embed"))
+                               out_sharding=(None, "embed"))
     self.input_proj = layers.dense(patch_dim, d, ("patch", "embed"), **kw)
     self.pos = (nnx.Param(init(rngs.params(), (self.cache_len, d), param_dtype),
-                          sharding_names=(None, "embed"))
+                          out_sharding=(None, "embed"))
                 if cfg.pos_emb == "learned" else None)
     if cfg.scan_layers:
       @nnx.split_rngs(splits=cfg.depth)
@@ -149,11 +149,12 @@ class Backbone(nnx.Module):
     policy = remat_policy(self.cfg.remat_policy)
 
     def body(x, block, layer_cache):
-      return block(x, rows, cols, layer_cache, start)
+      x, layer_cache = block(x, rows, cols, layer_cache, start)
+      return layers.constrain(x, ("act_batch", None, None)), layer_cache
 
     if self.cfg.remat_policy != "none":
       body = nnx.remat(body, policy=policy, prevent_cse=not self.cfg.scan_layers)
-    x = tokens_BLD
+    x = layers.constrain(tokens_BLD, ("act_batch", None, None))
     if self.cfg.scan_layers:
       if cache is None:
         scan = nnx.scan(lambda x, blk: (body(x, blk, None)[0], None),

@@ -55,11 +55,13 @@ class FlowHead(nnx.Module):
     self.out = layers.dense(w, out_dim, ("head_mlp", "state"), zero_init=True, **kw)
 
   def __call__(self, z_t_MZ, t_M, h_MD):
-    t_emb = self.time_fc2(nnx.silu(self.time_fc1(layers.timestep_embedding(t_M, self.time_dim))))
-    c = t_emb + self.cond_proj(h_MD)
-    x = self.input_proj(z_t_MZ)
+    rows = ("act_batch", None)  # Every activation split by rows, whatever the weights' split.
+    t_emb = layers.constrain(layers.timestep_embedding(t_M, self.time_dim), rows)
+    t_emb = self.time_fc2(nnx.silu(layers.constrain(self.time_fc1(t_emb), rows)))
+    c = layers.constrain(t_emb + self.cond_proj(h_MD), rows)
+    x = layers.constrain(self.input_proj(z_t_MZ), rows)
     for block in self.blocks:
-      x = block(x, c)
+      x = layers.constrain(block(x, c), rows)
     shift, scale = jnp.split(self.final_modulation(nnx.silu(c)), 2, axis=-1)
     x = self.final_norm(x) * (1 + scale) + shift
     return self.out(x).astype(jnp.float32)
@@ -97,8 +99,11 @@ def flow_loss(head: FlowHead, target_MZ, h_MD, key):
   t_RM = sample_time(key_t, target_RMZ.shape[:2], cfg)
   eps_RMZ = jax.random.normal(key_eps, target_RMZ.shape)
   z_t = t_RM[..., None] * target_RMZ + (1.0 - t_RM[..., None]) * eps_RMZ
-  flat = lambda a: a.reshape((-1,) + a.shape[2:])
-  v_pred = head.velocity(flat(z_t), flat(t_RM), flat(h_RMD)).reshape(target_RMZ.shape)
+  h_RMD = layers.constrain(h_RMD, (None, "act_batch", None))
+  # Draws vmapped, not flattened into the rows: merging R into the batch-sharded M axis has
+  # no tiled sharding, so GSPMD would all-gather every data-parallel device's positions.
+  v_pred = nnx.vmap(lambda hd, z, t, h: hd.velocity(z, t, h), in_axes=(None, 0, 0, 0))(
+      head, z_t, t_RM, h_RMD)
   v_target = target_RMZ - eps_RMZ
   return jnp.mean(jnp.square(v_pred - v_target), axis=(0, 2))
 

@@ -4,11 +4,14 @@ Dimension legend: B batch, L sequence, M flattened positions, D width, F mlp wid
 K head dim, W head width, Z state dims, P pixels per patch.
 """
 
+import math
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from flax.core import spmd as flax_spmd
+from jax.sharding import PartitionSpec
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -29,6 +32,26 @@ def dense(in_features: int, out_features: int, axes: Sequence[str | None], *, rn
       kernel_init=nnx.with_partitioning(kernel_init, tuple(axes)),
       bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), (axes[-1],)),
       rngs=rngs)
+
+
+def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
+  """Pins an activation's sharding by logical axis names, mapped by the rules in context.
+
+  Without it GSPMD may keep FSDP-sharded weights in place and replicate the batch instead. A
+  no-op outside a mesh with logical rules (one device, sampling) and for any axis that the
+  mesh axes it maps to do not divide.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  rules = dict(flax_spmd.get_logical_axis_rules())
+  if mesh.empty or not rules:
+    return x
+  spec = []
+  for size, name in zip(x.shape, axes):
+    mesh_axes = rules.get(name) if name is not None else None
+    names = (mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes or ())
+    spec.append(mesh_axes if names and size % math.prod(mesh.shape[a] for a in names) == 0
+                else None)
+  return jax.lax.with_sharding_constraint(x, PartitionSpec(*spec))
 
 
 def norm(kind: str, features: int, *, rngs: nnx.Rngs, axis_name: str | None = "embed",

@@ -1,0 +1,126 @@
+"""Tests of AR sampling: KV cache vs full recompute, classifier-free guidance, the null class.
+
+Random (non-degenerate) tiny models on CPU; every compiled sampler is shared through factories.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import factories as F
+from pra_jax import sampler
+from pra_jax.models import head as head_lib
+
+LABELS = jnp.array([0, 3, 7, 9], jnp.int32)
+
+SETTINGS = {
+    # num_steps = rollout.head_sample_steps: the exact input mode's sampler, compiled once.
+    "euler": sampler.SampleSettings(num_steps=4),
+    "euler_cfg_linear": sampler.SampleSettings(num_steps=4, cfg=2.0, cfg_schedule="linear"),
+    "heun_cfg_constant": sampler.SampleSettings(num_steps=3, solver="heun", cfg=2.0),
+}
+# The Heun case also decodes with the context h (test_model checks the cache under learned
+# positions: through 16 sampled patches a random model amplifies float error past 1e-4 there).
+OTHER_PATHS = {"model.state.decoder_context": True}
+
+
+@pytest.fixture(scope="module")
+def model():
+  return F.random_model(F.tiny_config(), seed=4)
+
+
+@pytest.mark.parametrize("name", sorted(SETTINGS))
+def test_kv_cache_matches_full_recompute(model, name):
+  settings, key = SETTINGS[name], jax.random.key(11)
+  if name.startswith("heun"):
+    model = F.random_model(F.tiny_config(**OTHER_PATHS), seed=4)
+    assert model.decoder_uses_context
+  x_cache, g_cache = F.rollout_fn(settings)(model, LABELS, key)
+  x_full, g_full = F.rollout_fn(dataclasses.replace(settings, use_cache=False))(model, LABELS, key)
+  assert x_cache.shape == (4, model.num_patches, model.patch_dim)
+  assert g_cache.shape == (4, model.num_patches, model.gen_dim)
+  assert np.isfinite(np.asarray(x_cache)).all()
+  np.testing.assert_allclose(x_cache, x_full, atol=1e-4)
+  np.testing.assert_allclose(g_cache, g_full, atol=1e-4)
+  assert float(jnp.std(x_cache[:, 1:] - x_cache[:, :-1])) > 0.05, "patches do not vary"
+
+
+def test_generate_same_key_same_images(model):
+  settings, key = SETTINGS["euler_cfg_linear"], jax.random.key(11)
+  images = np.asarray(sampler.generate(model, LABELS, key, settings))
+  assert images.shape == (4, 16, 16, 1) and images.dtype == np.uint8
+  np.testing.assert_array_equal(sampler.generate(model, LABELS, key, settings), images)
+  # The cached sampler against full recompute, in uint8: equal up to a flip of a value that
+  # sits within float error of a rounding boundary.
+  x_full, _ = F.rollout_fn(dataclasses.replace(settings, use_cache=False))(model, LABELS, key)
+  diff = np.abs(np.asarray(model.to_images(x_full), np.int32) - images)
+  assert diff.max() <= 1 and (diff == 0).mean() > 0.99
+  other = np.asarray(sampler.generate(model, LABELS, jax.random.key(12), settings), np.int32)
+  assert np.abs(other - images).mean() > 5
+
+
+def test_guidance_schedule_and_strength(model):
+  key = jax.random.key(11)
+  x_plain, _ = F.rollout_fn(SETTINGS["euler"])(model, LABELS, key)
+  x_linear, _ = F.rollout_fn(SETTINGS["euler_cfg_linear"])(model, LABELS, key)
+  # The linear schedule starts at scale 1: the first patch is the unguided one; later ones move.
+  np.testing.assert_allclose(x_linear[:, 0], x_plain[:, 0], atol=1e-5)
+  assert float(jnp.abs(x_linear[:, -1] - x_plain[:, -1]).max()) > 1e-2
+  np.testing.assert_allclose(sampler.cfg_scales(SETTINGS["euler_cfg_linear"], 4),
+                             [1.0, 1.25, 1.5, 1.75])
+
+
+def test_cfg_scale_one_is_conditional_sampling(model):
+  """v = v_u + s (v_c - v_u): s = 1 is the conditional flow, s = 0 the unconditional one."""
+  rng = np.random.default_rng(0)
+  m, d = 6, model.backbone.cfg.width
+  h_c, h_u = (jnp.asarray(rng.standard_normal((m, d)), jnp.float32) for _ in range(2))
+  noise = jnp.asarray(rng.standard_normal((m, model.gen_dim)), jnp.float32)
+  per_row = jnp.array([1.0, 0.0, 1.0, 0.0, 1.0, 0.0])
+
+  @F.jit
+  def draws(head, h_c, h_u, noise):
+    run = lambda h, **kw: head_lib.sample(head, h, noise, num_steps=3, **kw)
+    return (run(h_c), run(h_u), run(h_c, h_uncond_MD=h_u, cfg_scale=1.0),
+            run(h_c, h_uncond_MD=h_u, cfg_scale=0.0), run(h_c, h_uncond_MD=h_u, cfg_scale=3.0),
+            run(h_c, h_uncond_MD=h_u, cfg_scale=per_row))
+
+  cond, uncond, s1, s0, s3, mixed = draws(model.head, h_c, h_u, noise)
+  np.testing.assert_allclose(s1, cond, atol=1e-5)
+  np.testing.assert_allclose(s0, uncond, atol=1e-5)
+  assert float(jnp.abs(s3 - cond).min(axis=1).max()) > 1e-3
+  np.testing.assert_allclose(mixed, jnp.where(per_row[:, None] == 1.0, cond, uncond), atol=1e-5)
+
+
+def test_null_class_path(model):
+  assert model.null_class == model.num_classes == 10
+  assert model.backbone.class_embed.embedding.shape[0] == 11
+  settings, key = SETTINGS["euler"], jax.random.key(11)
+  null = jnp.full_like(LABELS, model.null_class)
+  x_real, _ = F.rollout_fn(settings)(model, LABELS, key)
+  x_null, _ = F.rollout_fn(settings)(model, null, key)
+  assert float(jnp.abs(x_real - x_null).max()) > 1e-2
+  # Guidance at scale 0 follows the unconditional half alone: the rollout of the null class.
+  x_uncond, _ = F.rollout_fn(sampler.SampleSettings(num_steps=4, cfg=0.0))(model, LABELS, key)
+  np.testing.assert_allclose(x_uncond, x_null, atol=1e-4)
+
+
+def test_bad_requests_are_rejected(model):
+  settings, key = SETTINGS["euler"], jax.random.key(0)
+  with pytest.raises(ValueError, match=r"class ids must be in \[0, 10\), got \[10\]"):
+    sampler.generate(model, [0, 10], key, settings)   # 10 is the null class, not a request.
+  with pytest.raises(ValueError, match=r"class ids must be in \[0, 10\), got \[-1\]"):
+    sampler.generate(model, np.array([-1, 2]), key, settings)
+  with pytest.raises(ValueError, match="1-D integer array"):
+    sampler.generate(model, np.array([1.5, 2.0]), key, settings)
+  with pytest.raises(ValueError, match="1-D integer array"):
+    sampler.generate(model, np.zeros((2, 2), np.int32), key, settings)
+  with pytest.raises(ValueError, match="cfg_schedule must be one of"):
+    sampler.SampleSettings(cfg_schedule="cosine")
+  with pytest.raises(ValueError, match="solver must be 'euler' or 'heun'"):
+    sampler.SampleSettings(solver="rk4")
+  with pytest.raises(ValueError, match="num_steps must be >= 1"):
+    sampler.SampleSettings(num_steps=0)
