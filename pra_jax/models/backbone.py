@@ -144,8 +144,16 @@ class Backbone(nnx.Module):
     return self._add_pos(tokens, self.num_class_tokens + first_patch)
 
   # -- the layer stack ------------------------------------------------------------------
-  def _run(self, tokens_BLD, start, cache=None):
+  def _run(self, tokens_BLD, start, cache=None, num_layers=None):
+    """The layer stack (the first `num_layers` blocks only, without the final norm, if given)."""
     rows, cols = self._positions(start, tokens_BLD.shape[1])
+    blocks = self.blocks
+    if num_layers is not None:
+      if self.cfg.scan_layers:
+        graphdef, state = nnx.split(self.blocks)
+        blocks = nnx.merge(graphdef, jax.tree.map(lambda a: a[:num_layers], state))
+      else:
+        blocks = list(self.blocks)[:num_layers]
     policy = remat_policy(self.cfg.remat_policy)
 
     def body(x, block, layer_cache):
@@ -159,19 +167,19 @@ class Backbone(nnx.Module):
       if cache is None:
         scan = nnx.scan(lambda x, blk: (body(x, blk, None)[0], None),
                         in_axes=(nnx.Carry, 0), out_axes=(nnx.Carry, 0))
-        x, _ = scan(x, self.blocks)
+        x, _ = scan(x, blocks)
       else:
         x, cache = nnx.scan(body, in_axes=(nnx.Carry, 0, 0), out_axes=(nnx.Carry, 0))(
             x, self.blocks, cache)
     else:
       new_cache = []
-      for i, block in enumerate(self.blocks):
+      for i, block in enumerate(blocks):
         layer_cache = None if cache is None else jax.tree.map(lambda c: c[i], cache)
         x, layer_cache = body(x, block, layer_cache)
         new_cache.append(layer_cache)
       if cache is not None:
         cache = jax.tree.map(lambda *cs: jnp.stack(cs), *new_cache)
-    return self.final_norm(x), cache
+    return (self.final_norm(x) if num_layers is None else x), cache
 
   # -- public entry points --------------------------------------------------------------
   def __call__(self, x_in_BMP, y_B):
@@ -179,6 +187,18 @@ class Backbone(nnx.Module):
     tokens = jnp.concatenate([self.class_tokens(y_B), self.pixel_tokens(x_in_BMP, 0)], axis=1)
     h, _ = self._run(tokens, 0)
     return h[:, self.num_class_tokens - 1:].astype(jnp.float32)
+
+  def features(self, x_in_BMP, y_B, layer: int = -1):
+    """Hidden states at the pixel tokens after block `layer` (-1: the final, normed output),
+    float32 [B, M, D]: what a linear probe reads."""
+    depth = self.cfg.depth
+    if not -depth <= layer < depth:
+      raise ValueError(f"probe layer must be in [-{depth}, {depth}) for a depth-{depth} backbone, "
+                       f"got {layer}")
+    num_layers = None if layer in (-1, depth - 1) else layer % depth + 1
+    tokens = jnp.concatenate([self.class_tokens(y_B), self.pixel_tokens(x_in_BMP, 0)], axis=1)
+    h, _ = self._run(tokens, 0, num_layers=num_layers)
+    return h[:, self.num_class_tokens:].astype(jnp.float32)
 
   def init_cache(self, batch: int, dtype=None):
     """Zeroed keys and values for every layer: a pair of [depth, B, S, H, K] arrays."""
