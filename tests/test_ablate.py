@@ -1,0 +1,171 @@
+"""The ablation runner and the gap diagnostic end to end on the tiny config: a --quick study
+writes its table and figure, a second invocation retrains and rescores nothing, a failing run is
+reported while the rest goes on, and the gap CLI reads a trained run.
+
+Whatever compiles runs in subprocesses at XLA's lowest optimisation level: at these sizes
+compiling is nearly all the cost, and the level only changes floating-point rounding.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import tiny
+from pra_jax import ablate
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FAST_XLA = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+NUM_PATCHES = 16  # configs/tiny.py: 16x16 digits in 4x4 patches.
+
+
+def run_module(module, *args, timeout=300):
+  env = dict(os.environ, PYTHONPATH=REPO,
+             XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " " + FAST_XLA).strip(),
+             # One compilation cache for all the subprocesses: the gap CLI below scores the
+             # study's model with the study's settings, so it compiles nothing new.
+             JAX_COMPILATION_CACHE_DIR=_CACHE_DIR, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  proc = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=timeout)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  return proc.stdout
+
+
+_CACHE_DIR = ""
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+  """A quick study: the method trained and scored, plus a sweep value equal to the base config
+  (an alias of the same run). One run keeps the file within its time budget; the other modes
+  differ only in config overrides, checked without training below."""
+  global _CACHE_DIR
+  _CACHE_DIR = str(tmp_path_factory.mktemp("jax_cache"))
+  workdir = str(tmp_path_factory.mktemp("ablation"))
+  args = ["--config=configs/tiny.py", f"--workdir={workdir}", "--quick", "--modes=pra",
+          "--sigmas=1.0", "--state_dims="]
+  first = run_module("pra_jax.ablate", *args)
+  return workdir, args, first
+
+
+def _table_rows(path):
+  with open(path) as f:
+    lines = [line for line in f if line.startswith("| ") and not line.startswith("| **")]
+  return {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+          for line in lines[1:]}
+
+
+def test_quick_study_writes_a_row_per_run_and_the_figure(study):
+  workdir, _, stdout = study
+  rows = _table_rows(os.path.join(workdir, "ablation.md"))
+  assert set(rows) == {"real digits (train split)", "pra", "pra_sigma1 (= pra)"}
+  steps, wall, acc, fd, own, free = rows["pra"][1:]
+  assert steps == "3" and float(wall) > 0
+  assert 0.0 <= float(acc) <= 1.0 and float(fd) >= 0.0
+  assert np.isfinite(float(own)) and np.isfinite(float(free))
+  assert "[ablate] pra: trained 3 steps" in stdout
+  # The sigma sweep's 1.0 is the base config: the same run, not a retrained copy.
+  assert rows["pra_sigma1 (= pra)"][1:] == rows["pra"][1:]
+  assert not os.path.exists(os.path.join(workdir, "pra_sigma1"))
+  with Image.open(os.path.join(workdir, "ablation.png")) as im:
+    # One panel (the alias is shown once), 2 samples wide and 10 classes tall at twice the
+    # 16-pixel size.
+    assert 2 * 32 <= im.width < 2 * 2 * 32 and im.height >= 10 * 32
+
+
+def test_every_run_of_the_default_plan_is_a_valid_config():
+  from pra_jax import config_check
+
+  base = tiny.get_config()
+  runs = ablate.plan(base)
+  assert [r.name for r in runs] == [
+      "teacher", "pixel_noise", "recon", "pra", "head_sample", "exact", "direct_x",
+      "pra_sigma0.25", "pra_sigma0.5", "pra_sigma1", "pra_sigma2", "pra_z2", "pra_z4", "pra_z8"]
+  configs = {r.name: ablate.run_config(base, r, 7) for r in runs}
+  for name, c in configs.items():
+    config_check.validate(c)
+    assert c.train.num_steps == 7 and c.seed == base.seed, name
+    assert c.train.sample_every == 0 and c.train.eval_every == 0, name
+  direct = configs["direct_x"]
+  assert direct.model.direct_pixel and direct.model.head.prediction == "x"
+  assert direct.rollout.mode == "teacher"
+  assert configs["pra_sigma0.25"].rollout.sigma_max == 0.25
+  assert configs["pra_z8"].model.state.dim == 8
+  # The sweep points equal to tiny's own pra settings (sigma_max 1, Z 4) train nothing new.
+  same = lambda a, b: configs[a].to_json() == configs[b].to_json()
+  assert same("pra_sigma1", "pra") and same("pra_z4", "pra") and not same("pra_z2", "pra")
+  # Every mode but the sweeps is trained exactly as the base, bar its overrides.
+  assert configs["exact"].model.to_json() == configs["teacher"].model.to_json()
+
+
+def test_gap_outputs_have_one_value_per_position(study):
+  workdir, _, _ = study
+  for run in ("pra",):
+    gap_dir = os.path.join(workdir, run, "gap")
+    with open(os.path.join(gap_dir, "gap_step_0000003.json")) as f:
+      result = json.load(f)
+    for kind in ("teacher", "own", "free"):
+      assert len(result[kind]) == len(result[f"{kind}_stderr"]) == NUM_PATCHES
+      assert np.all(np.isfinite(result[kind]))
+    # h_0 reads only the class token, and every kind shares the loss draws: position 0 agrees.
+    assert result["ratio_own"][0] == pytest.approx(1.0, abs=1e-6)
+    assert result["ratio_free"][0] == pytest.approx(1.0, abs=1e-6)
+    assert os.path.getsize(os.path.join(gap_dir, "gap_step_0000003.png")) > 0
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(gap_dir))
+
+
+def test_second_invocation_reuses_finished_runs(study):
+  workdir, args, _ = study
+  before = os.path.getmtime(os.path.join(workdir, "pra", "ablate_train.json"))
+  stdout = run_module("pra_jax.ablate", *args)
+  assert "trained 3 steps" not in stdout
+  # The alias pra_sigma1 is the pra run itself: one run to reuse.
+  assert stdout.count("not retrained") == 1 and stdout.count("scores reused") == 1
+  assert os.path.getmtime(os.path.join(workdir, "pra", "ablate_train.json")) == before
+  assert "pra_sigma1 (= pra)" in _table_rows(os.path.join(workdir, "ablation.md"))
+
+
+def test_another_budget_in_the_same_workdir_is_refused(study):
+  workdir, _, _ = study
+  with pytest.raises(ValueError, match="budget of 3 steps, not 5"):
+    ablate.run_study(tiny.get_config(), workdir, modes=("pra",), sigmas=(), state_dims=(),
+                     num_steps=5, quick=True)
+
+
+def test_gap_cli_on_a_trained_run(study, tmp_path):
+  workdir, _, _ = study
+  out = str(tmp_path / "gap")
+  # The study's own gap settings (--quick: 10 images, 1 draw, 2 head steps), elsewhere.
+  stdout = run_module("pra_jax.gap", "--config=configs/tiny.py",
+                      f"--workdir={os.path.join(workdir, 'pra')}", f"--outdir={out}",
+                      "--num_images=10", "--noise_draws=1", "--num_rollouts=1", "--steps=2")
+  assert "mean own/teacher ratio" in stdout and "mean free/teacher ratio" in stdout
+  with open(os.path.join(out, "gap_step_0000003.json")) as f:
+    result = json.load(f)
+  with open(os.path.join(workdir, "pra", "gap", "gap_step_0000003.json")) as f:
+    in_study = json.load(f)
+  assert result["num_images"] == 10 and len(result["own"]) == NUM_PATCHES
+  # Same model, key and settings: the CLI reproduces the study's numbers.
+  np.testing.assert_allclose(result["own"], in_study["own"], rtol=1e-6)
+  with Image.open(os.path.join(out, "gap_step_0000003.png")) as im:
+    assert im.size == (640, 540)
+
+
+def test_a_failing_run_is_reported_and_the_rest_goes_on(study, tmp_path):
+  workdir, _, _ = study
+  shutil.copytree(os.path.join(workdir, "pra"), tmp_path / "pra")
+  # Z=0 fails the config check before anything compiles; the trained pra run is reused.
+  out = ablate.run_study(tiny.get_config(), str(tmp_path), modes=("pra",), sigmas=(),
+                         state_dims=(0,), quick=True,
+                         judge_cache=os.path.join(workdir, "judge_cache"))
+  assert out["failed"] == ["pra_z0"]
+  rows = _table_rows(out["table"])
+  assert 0.0 <= float(rows["pra"][3]) <= 1.0  # Its digits accuracy, reused.
+  assert rows["pra_z0"][2].startswith("failed: ValueError") and "state.dim" in rows["pra_z0"][2]
+  assert os.path.exists(out["figure"])
