@@ -1,0 +1,99 @@
+"""The train step's analytic FLOPs, and its measured rate beside jnp.dot's, for bench_mfu and
+bench_input_pipeline.
+
+What `train_step_flops` counts: matrix multiplies only (2 FLOPs per multiply-add) of every
+dense layer, the attention scores and the attention-weighted values over the full L x L square
+(the causal half is computed and masked, not skipped); the backward pass as twice the forward
+for every part that receives a gradient, once more the forward for parts that run without
+gradient (the decoded PRA inputs, no-grad passes); nothing for remat's recomputation (model
+FLOPs, not hardware FLOPs), norms, activations, RoPE, the loss or the optimizer. The count is
+cross-checked against XLA's own `cost_analysis()` of the same step compiled with the layer
+stack unrolled (XLA counts a while loop's body once), which also counts elementwise work.
+"""
+
+import copy
+
+import _common as C  # Puts the repository on sys.path.
+import jax
+import jax.numpy as jnp
+
+from pra_jax import sharding
+from pra_jax.models import layers
+from pra_jax.tools import plan
+
+
+def train_step_flops(config, batch: int) -> dict[str, float]:
+  """Analytic FLOPs of one train step by component (see the module docstring for the rules)."""
+  d, m = config.data, config.model
+  b, h, s = m.backbone, m.head, m.state
+  n = (d.image_size // m.patch_size) ** 2
+  p = m.patch_size ** 2 * d.channels
+  seq = b.num_class_tokens + n - 1                 # Tokens through the backbone.
+  width, mlp = b.width, int(b.width * b.mlp_ratio)
+  gated = 3 if b.mlp_type == "swiglu" else 2
+  z = p if m.direct_pixel else s.dim
+
+  per_layer = seq * (2 * 4 * width ** 2 + 2 * gated * width * mlp) + 2 * 2 * seq * seq * width
+  backbone = batch * (2 * (n - 1) * p * width + b.depth * per_layer)
+  w = h.width
+  head_row = 2 * (256 * w + w * w + width * w + z * w + h.depth * 5 * w * w + 2 * w * w + w * z)
+  head = batch * n * h.num_draws * head_row
+  enc_row = 2 * (p * s.width + s.depth * 2 * s.width ** 2 + s.width * s.dim)
+  dec_row = 2 * (s.dim * s.width + s.depth * 2 * s.width ** 2 + s.width * p
+                 + (width * s.width if s.decoder_context else 0))
+  encoder = 0 if m.direct_pixel else batch * n * enc_row
+  decoder = 0 if m.direct_pixel else batch * n * dec_row
+
+  out = {"backbone": 3 * backbone, "head": 3 * head, "encoder": 3 * encoder,
+         "decoder": 3 * decoder}                      # Trained parts: forward + 2x backward.
+  mode, r = config.rollout.mode, config.rollout
+  inputs = 0.0                                         # Building the backbone's inputs.
+  if mode in ("recon", "pra") and not m.direct_pixel:
+    inputs += (1 if r.stop_gradient else 3) * decoder * (n - 1) / n
+    if s.decoder_context:
+      inputs += backbone
+  elif mode == "head_sample":
+    inputs += backbone + r.head_sample_steps * batch * (n - 1) * head_row + decoder * (n - 1) / n
+  elif mode == "exact":
+    inputs += backbone + r.head_sample_steps * batch * n * head_row + decoder
+  out["inputs"] = inputs
+  out["total"] = sum(out.values())
+  return out
+
+
+def xla_flops(config, batch: int) -> float:
+  """XLA's FLOP count of the same train step, compiled with the layer stack unrolled: its
+  cost analysis counts a while loop's body once, so a scanned stack would count one layer."""
+  config = copy.deepcopy(config)
+  config.model.backbone.scan_layers = False
+  mesh = sharding.make_mesh(config.sharding.mesh)
+  compiled = plan.compile_train_step(config, mesh, batch)[0]
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get("flops", float("nan"))) if cost else float("nan")
+
+
+def measure(config, steps: int, matmul: int, cross_check: bool = True) -> dict:
+  """Times the train step and a square jnp.dot, interleaved; returns the figures of the line."""
+  batch = config.train.batch_size
+  step = C.TrainStep(config)
+  data = step.put(C.synthetic_batch(config, batch))
+  step.compile(data)
+  dtype = layers.dtype_of(config.model.backbone.dtype)
+  a = jax.random.normal(jax.random.key(0), (matmul, matmul), dtype)
+  b = jax.random.normal(jax.random.key(1), (matmul, matmul), dtype)
+  dot = jax.jit(jnp.dot)
+  C.block(dot(a, b))
+  C.block(step(data))
+  step_s, dot_s = [], []
+  for _ in range(steps):
+    dot_s += C.time_calls(lambda: dot(a, b), 2, warmup=0)
+    step_s += step.time(data, 1, warmup=0)
+  flops = train_step_flops(config, batch)
+  step_t, dot_t = C.median(step_s), C.median(dot_s)
+  peak = 2 * matmul ** 3 / dot_t
+  achieved = flops["total"] / step_t
+  return {"flops": flops, "xla_flops": xla_flops(config, batch) if cross_check else None,
+          "step_s": step_t, "peak": peak,
+          "achieved": achieved, "mfu": achieved / peak, "images_per_s": batch / step_t,
+          "batch": batch, "dtype": config.model.backbone.dtype}

@@ -1,0 +1,130 @@
+"""Two processes on one machine (jax.distributed over 127.0.0.1, one CPU device each) train
+exactly like one process on the same global batch, and checkpoint and resume together.
+
+"Same global batch": each of the two processes reads its own half of the data (strided shard,
+its own shuffle), and the global batch of a step is process 0's local batch followed by process
+1's. The one-process reference builds exactly that: both shards' iterators, concatenated, fed
+to train.train_step on one device. The schedule is constant so that a run stopped at step 4
+and resumed to 6 must agree step by step with the reference's uninterrupted 6.
+"""
+
+import glob
+import json
+import os
+import struct
+import subprocess
+import sys
+import textwrap
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LAUNCH = os.path.join(REPO, "launch", "local_multiprocess.sh")
+OVERRIDES = ("--config.train.lr_schedule=constant", "--config.train.log_every=1",
+             "--config.checkpoint.every=2")
+
+_REFERENCE = textwrap.dedent("""
+    import functools, json, sys
+    import jax, jax.numpy as jnp, numpy as np
+    from flax import nnx
+    from configs import tiny
+    from pra_jax import data, sharding, train
+
+    config = tiny.get_config()
+    config.train.lr_schedule = "constant"
+    num_steps, num_processes = int(sys.argv[1]), int(sys.argv[2])
+    mesh = sharding.single_device_mesh()
+    graphdef, state = nnx.split(train.create_bundle(config, mesh))
+    step_fn = jax.jit(functools.partial(train.train_step, graphdef, config=config),
+                      donate_argnums=0)
+    shards = [data.make_train_iterator(
+        config.data, local_batch_size=config.train.batch_size // num_processes,
+        seed=config.seed, process_index=i, process_count=num_processes)
+        for i in range(num_processes)]
+    totals = {}
+    with sharding.use_mesh(mesh):
+      for step in range(1, num_steps + 1):
+        parts = [next(it) for it in shards]
+        batch = {k: np.concatenate([p[k] for p in parts]) for k in ("image", "label")}
+        batch = sharding.global_batch(batch, mesh)
+        state, metrics = step_fn(state, batch["image"], batch["label"], jnp.int32(step - 1))
+        totals[step] = float(metrics["train/total"])
+    print("RESULT" + json.dumps(totals))
+""")
+
+
+def _env():
+  # Compile speed matters here, not the last few percent of step time. The conftest's XLA
+  # cache (inherited through os.environ) lets the resumed run reuse the first run's programs.
+  return dict(os.environ, PYTHON=sys.executable, PYTHONPATH=REPO, JAX_PLATFORMS="cpu",
+              XLA_FLAGS="--xla_backend_optimization_level=0")
+
+
+def _launch(workdir, num_steps, env):
+  return subprocess.Popen(
+      ["bash", LAUNCH, "2", workdir, "--config=configs/tiny.py",
+       f"--config.train.num_steps={num_steps}", *OVERRIDES],
+      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(proc, timeout=600):
+  out, _ = proc.communicate(timeout=timeout)
+  assert proc.returncode == 0, out[-6000:]
+  return out
+
+
+def read_scalars(workdir, tag):
+  """{step: value} of `tag` from the TensorBoard event files in workdir (TFRecord framing:
+  uint64 length, uint32 crc, payload, uint32 crc)."""
+  from tensorboard.compat.proto import event_pb2
+  from tensorboard.util import tensor_util
+
+  out = {}
+  for path in sorted(glob.glob(os.path.join(workdir, "events.out.tfevents.*"))):
+    with open(path, "rb") as f:
+      raw = f.read()
+    pos = 0
+    while pos < len(raw):
+      (length,) = struct.unpack("<Q", raw[pos:pos + 8])
+      event = event_pb2.Event.FromString(raw[pos + 12:pos + 12 + length])
+      pos += 12 + length + 4
+      for value in event.summary.value:
+        if value.tag == tag:
+          out[event.step] = float(tensor_util.make_ndarray(value.tensor))
+  return out
+
+
+def _log(workdir, i):
+  with open(os.path.join(workdir, "logs", f"process_{i}.log")) as f:
+    return f.read()
+
+
+def test_two_processes_match_one_and_resume_together(tmp_path):
+  workdir = str(tmp_path / "run")
+  env = _env()
+  # The reference runs alongside the first two-process run.
+  reference = subprocess.Popen([sys.executable, "-c", _REFERENCE, "6", "2"], cwd=REPO,
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+  _finish(_launch(workdir, 4, env))
+  ckpt = os.path.join(workdir, "checkpoints")
+  assert sorted(os.listdir(ckpt)) == ["2", "4"], os.listdir(ckpt)
+  # Both processes wrote their part: array shards and their own data-iterator state.
+  for i in range(2):
+    assert os.path.exists(os.path.join(ckpt, "4", "data", f"process_{i}-of-2.json"))
+    assert os.path.isdir(os.path.join(ckpt, "4", "state", f"ocdbt.process_{i}"))
+  for i in range(2):
+    assert "process %d/2; 1 local / 2 global devices" % i in _log(workdir, i)
+
+  _finish(_launch(workdir, 6, env))
+  for i in range(2):
+    log = _log(workdir, i)
+    assert "Resumed from" in log and "at step 4." in log, log[-3000:]
+  assert sorted(os.listdir(ckpt))[-1] == "6"
+
+  out, err = reference.communicate(timeout=600)
+  assert reference.returncode == 0, err[-4000:]
+  expected = json.loads([l for l in out.splitlines() if l.startswith("RESULT")][-1][6:])
+  expected = {int(k): v for k, v in expected.items()}
+  got = read_scalars(workdir, "train/total")
+  assert sorted(got) == list(range(1, 7)), got
+  diffs = [abs(got[s] - expected[s]) for s in range(1, 7)]
+  assert max(diffs) <= 1e-5, {"two processes": got, "one process": expected}

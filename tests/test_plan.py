@@ -1,0 +1,90 @@
+"""The ahead-of-time memory plan runs on the tiny config over two fake devices, from the command
+line and as a function, splits the state as the mesh says, and refuses what it cannot plan."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from configs import tiny
+from pra_jax.tools import plan
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# plan() imported by a program that set up its own fake devices before importing jax.
+_API = textwrap.dedent("""
+    import json, os
+    os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=2"
+    from configs import tiny
+    from pra_jax.tools import plan
+    print("RESULT" + json.dumps(plan.plan(tiny.get_config(), 2, {"data": 2})))
+""")
+
+
+@pytest.fixture(scope="module")
+def outputs():
+  """(CLI stdout on a pure-fsdp mesh, plan() dict on a pure-data mesh), run side by side."""
+  # Compile speed, not plan accuracy, matters here. The conftest's XLA cache (inherited through
+  # the environment) turns programs another test already compiled into lookups.
+  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_backend_optimization_level=0")
+  run = lambda args: subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  cli = run(["-m", "pra_jax.tools.plan", "--config=configs/tiny.py", "--devices=2",
+             "--mesh=data=1,fsdp=2,tensor=1", "--batch=8", "--remat=full", "--budget_gib=0.5"])
+  api = run(["-c", _API])
+  outs = []
+  for proc in (cli, api):
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-4000:]
+    outs.append(out)
+  result = json.loads([l for l in outs[1].splitlines() if l.startswith("RESULT")][-1][6:])
+  return outs[0], result
+
+
+def _row(stdout):
+  lines = [l for l in stdout.splitlines() if l.startswith("| ")]
+  assert lines[0] == plan.HEADER and len(lines) == 2, stdout
+  names = [n.strip() for n in plan.HEADER.strip("|").split("|")]
+  return dict(zip(names, (c.strip() for c in lines[1].strip("|").split("|"))))
+
+
+def test_cli_prints_a_row(outputs):
+  row = _row(outputs[0])
+  assert row["config"] == "tiny" and row["devices"] == "2" and row["mesh d,f,t"] == "1,2,1"
+  assert row["batch/dev"] == "4" and row["remat"] == "full" and row["scan"] == "on"
+  assert row["fits"] == "yes <= 0.5" and float(row["compile s"]) >= 0
+
+
+def test_plan_function_accounts_for_the_state(outputs):
+  r = outputs[1]
+  assert r["mesh"] == {"data": 2, "fsdp": 1, "tensor": 1} and r["per_device_batch"] == 4
+  # float32 params, replicated by pure data parallelism; the EMA is a copy; AdamW keeps two
+  # moments (plus step counters).
+  assert r["params"] == 4 * r["num_params"] == r["ema"]
+  assert 2 * r["params"] <= r["optimizer"] <= 2 * r["params"] + 64
+  assert r["arguments"] >= r["params"] + r["ema"] + r["optimizer"]
+  assert r["peak"] >= r["arguments"] and r["temp"] > 0 and r["fits"]
+
+
+def test_fsdp_splits_what_data_parallelism_replicates(outputs):
+  row, r = _row(outputs[0]), outputs[1]
+  for column, key in (("param GiB", "params"), ("opt GiB", "optimizer"), ("EMA GiB", "ema")):
+    assert float(row[column]) * plan.GIB < 0.75 * r[key], (column, row, r)
+
+
+def test_plan_needs_the_devices_it_plans_for():
+  # The test process has one CPU device: asking for 4 must say how to get them, not crash.
+  with pytest.raises(ValueError, match="xla_force_host_platform_device_count=4"):
+    plan.plan(tiny.get_config(), 4, {"data": 4})
+
+
+def test_helpers():
+  assert plan.parse_mesh("data=8,fsdp=8") == {"data": 8, "fsdp": 8, "tensor": 1}
+  with pytest.raises(ValueError, match="axis=size"):
+    plan.parse_mesh("model=2")
+  flags = plan.fake_device_flags(64, "--xla_force_host_platform_device_count=8 --foo")
+  assert flags == "--foo --xla_force_host_platform_device_count=64"
