@@ -134,3 +134,22 @@ def base_config() -> ml_collections.ConfigDict:
   sp.use_ema = True
   sp.batch_size = 64
   return c
+
+
+def imagenet_256(backbone: dict, head: dict, state: dict, remat_policy: str):
+  """The S/B/L recipe: ImageNet 256 from TFDS, 16x16x3 patches (256 tokens of 768 pixels),
+  bf16 compute with float32 parameters; only the size preset and remat differ per size."""
+  c = base_config()
+  d = c.data
+  d.source, d.tfds_name = "tfds", "imagenet2012"   # array_record; README has the one-time build.
+  d.image_size, d.channels, d.num_classes = 256, 3, 1000
+  c.model.patch_size = 16
+  b = c.model.backbone
+  b.update(backbone)
+  b.scan_layers = True             # One compiled block under lax.scan.
+  b.remat_policy = remat_policy
+  b.dtype = "bfloat16"             # bf16 compute, float32 parameters and optimizer state.
+  c.model.head.update(head)
+  c.model.head.dtype = "bfloat16"
+  c.model.state.update(state)      # E and G stay float32: small, and they set pixel precision.
+  return c

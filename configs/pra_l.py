@@ -19,24 +19,6 @@ STATE = dict(dim=16, width=512, depth=2)
 
 
 def get_config():
-  c = common.base_config()
-
-  # -- data: ImageNet 256 from TFDS (array_record; see the README for the one-time build) ------
-  d = c.data
-  d.source, d.tfds_name = "tfds", "imagenet2012"
-  d.image_size, d.channels, d.num_classes = 256, 3, 1000
-
-  # -- model: 16x16x3 patches -> 256 tokens of 768 pixels; Z = 16 -----------------------------
-  c.model.patch_size = 16
-  b = c.model.backbone
-  b.update(BACKBONE)
-  b.scan_layers = True             # One compiled block under lax.scan.
   # Keep the outputs of the weight matmuls, recompute the cheap elementwise work and attention
   # in the backward pass: most of 'full' remat's memory saving at a fraction of its extra FLOPs.
-  b.remat_policy = "dots_with_no_batch_dims_saveable"
-  b.dtype = "bfloat16"             # bf16 compute, float32 parameters and optimizer state.
-  h = c.model.head
-  h.update(HEAD)
-  h.dtype = "bfloat16"
-  c.model.state.update(STATE)      # E and G stay float32: small, and they set pixel precision.
-  return c
+  return common.imagenet_256(BACKBONE, HEAD, STATE, remat_policy="dots_with_no_batch_dims_saveable")

@@ -3,6 +3,7 @@
 Examples are {'image': uint8 [H, W, C], 'label': int32, 'bad': int32}; batches stack them.
 """
 
+import abc
 import io
 import os
 from typing import Any, Protocol
@@ -180,7 +181,7 @@ class DigitsSource:
     return f"DigitsSource({self._role!r}, n={len(self)})"
 
 
-class _DecodingSource:
+class _DecodingSource(abc.ABC):
   """Decodes examples lazily; an unreadable one is replaced by the next readable index.
 
   Replacing (rather than dropping) keeps every batch full and the order a pure function of
@@ -192,14 +193,17 @@ class _DecodingSource:
     self._image_size = data_cfg.image_size
     self._raise_on_bad = data_cfg.get("bad_images", "skip") == "raise"
 
+  @abc.abstractmethod
   def _decode(self, index: int) -> tuple[np.ndarray, int]:
-    raise NotImplementedError
+    """(image, label) of one stored example; raises if it cannot be read."""
 
+  @abc.abstractmethod
   def _name(self, index: int) -> str:
-    raise NotImplementedError
+    """The file path or record id that warnings name."""
 
+  @abc.abstractmethod
   def __len__(self) -> int:
-    raise NotImplementedError
+    """Number of examples."""
 
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
     n = len(self)

@@ -67,7 +67,7 @@ def _torch_forward(net, x_BHWC: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_network_and_pipeline_match_pytorch_fid(tmp_path, monkeypatch):
-  tf = pytest.importorskip("tensorflow")
+  import tensorflow as tf
   from pra_jax.tools import convert_inception
 
   net = _fid_torch_inception(monkeypatch)
@@ -108,7 +108,7 @@ def test_network_and_pipeline_match_pytorch_fid(tmp_path, monkeypatch):
 @pytest.mark.parametrize("shape", [(2, 8, 8, 3), (2, 37, 29, 3), (1, 256, 256, 3),
                                    (2, 300, 300, 1), (1, 512, 411, 3), (3, 299, 299, 3)])
 def test_resize_matches_tf1_resize_bilinear(shape):
-  tf = pytest.importorskip("tensorflow")
+  import tensorflow as tf
   images = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
   want = tf.compat.v1.image.resize_bilinear(images, (299, 299), align_corners=False,
                                             half_pixel_centers=False).numpy()
