@@ -19,6 +19,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", "benchmarks/mid.py", "Config
 _QUICK = flags.DEFINE_bool("quick", False, "One round of teacher and pra only (for the tests).")
 _ROUNDS = flags.DEFINE_integer("rounds", 5, "Timed steps per mode.")
 _BATCH = flags.DEFINE_integer("batch", None, "Global batch (default: config train.batch_size).")
+_MODES = flags.DEFINE_list("modes", list(rollout.MODES), "Modes to time; teacher is always in.")
 
 TARGETS = {"pra": 1.10, "head_sample": 1.7}
 
@@ -28,7 +29,11 @@ def main(argv):
   config = _CONFIG.value
   if _BATCH.value:
     config.train.batch_size = _BATCH.value
-  modes = ("teacher", "pra") if _QUICK.value else rollout.MODES
+  unknown = set(_MODES.value) - set(rollout.MODES)
+  if unknown:
+    raise app.UsageError(f"--modes: unknown {sorted(unknown)}; choose from {rollout.MODES}")
+  modes = ("teacher", "pra") if _QUICK.value else tuple(
+      m for m in rollout.MODES if m == "teacher" or m in _MODES.value)
   rounds = 1 if _QUICK.value else _ROUNDS.value
 
   steps, state = {}, None
