@@ -48,6 +48,13 @@ def validate(config) -> None:
   if b.width % b.num_heads or (b.pos_emb == "rope2d" and (b.width // b.num_heads) % 4):
     raise ValueError(f"config model.backbone.width={b.width} must split into num_heads="
                      f"{b.num_heads} heads (with rope2d, of a size divisible by 4)")
+  st = config.model.state
+  if st.norm == "layernorm" and st.dim < 3 and not config.model.direct_pixel:
+    # Zero mean and unit RMS over Z values leave a (Z - 2)-sphere: at Z = 2 the state has two
+    # possible values, one bit per patch, and training collapses (the Z = 2 ablation row).
+    raise ValueError(f"config model.state.dim={st.dim} with model.state.norm='layernorm' leaves "
+                     f"the state {max(st.dim - 2, 0)} degrees of freedom; use dim >= 3 or "
+                     f"state.norm 'tanh' / 'none'")
   if not 0.0 <= config.model.label_drop < 1.0:
     raise ValueError(f"config model.label_drop must be in [0, 1), got {config.model.label_drop}")
   rollout.check_config(config)

@@ -1,13 +1,23 @@
 """Test-session setup: the repository root on sys.path, and one XLA compilation cache shared by
-every test and every subprocess a test starts (they compile the same tiny programs again and
-again; the cache turns those recompiles into lookups)."""
+every test, every pytest-xdist worker and every subprocess a test starts (they compile the same
+tiny programs again and again; the cache turns those recompiles into lookups)."""
 
 import os
+import shutil
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-# Set before any test module imports jax; subprocesses inherit the environment.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="pra_jax_xla_cache_"))
+# Set before any test module imports jax. The process that creates the cache (pytest itself, or
+# the xdist controller) owns it; workers and subprocesses inherit the variable.
+_OWNED_CACHE = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _OWNED_CACHE = tempfile.mkdtemp(prefix="pra_jax_xla_cache_")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWNED_CACHE
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
+
+def pytest_unconfigure(config):
+  if _OWNED_CACHE and not hasattr(config, "workerinput"):
+    shutil.rmtree(_OWNED_CACHE, ignore_errors=True)

@@ -66,6 +66,7 @@ def test_unknown_config_key_is_one_clear_error(tmp_path):
     ("rollout.mode", "rollout", "rollout.mode must be one of"),
     ("data.source", "imagenet", "data.source='imagenet' is not one of"),
     ("train.nonfinite", "ignore", "train.nonfinite"),
+    ("model.state.dim", 2, "leaves the state 0 degrees of freedom"),
 ])
 def test_bad_config_values_fail_before_compiling(tmp_path, field, value, match):
   config = tiny.get_config()
