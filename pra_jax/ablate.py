@@ -27,8 +27,8 @@ MODES = ("teacher", "pixel_noise", "recon", "pra", "head_sample", "exact", "dire
 DEFAULT_SIGMAS = (0.25, 0.5, 1.0, 2.0)
 DEFAULT_STATE_DIMS = (3, 4, 8)
 # Sized so the default study on configs/demo.py finishes within an hour on 2 idle CPU cores:
-# 12 trained runs x 500 steps at 0.26-0.38 s a step (XLA keeps both cores busy; measured as
-# per-thread CPU time on a loaded machine), plus ~20 s compiling and ~20 s scoring a run: ~45 min.
+# 12 trained runs x 500 steps, 190-290 s each with compile, plus 25-70 s scoring a run; measured
+# 3163 s for the whole study on an idle 2-core machine (README, "Does it work?").
 DEFAULT_STEPS = 500
 QUICK_STEPS = 3
 

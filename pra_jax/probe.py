@@ -167,11 +167,12 @@ def main(argv):
   except ValueError:
     raise app.UsageError(f"--layer: expected integers such as 2 or 1,2,3, got {f['layer']}")
   model, step = sample.restore_model(f["config"], f["workdir"])
-  layer = middle_layer(model) if layers is None else layers[0] if len(layers) == 1 else layers
+  layer = layers if layers is None or len(layers) > 1 else layers[0]  # None: probe()'s default.
   result = probe(model, f["config"], layer=layer, max_train_images=f["max_train_images"],
                  epochs=f["epochs"], control=f["control"])
   result["step"] = step
-  name = "_".join(map(str, [layer] if isinstance(layer, int) else layer))
+  name = "_".join(map(str, [result["layer"]] if isinstance(result["layer"], int)
+                      else result["layer"]))
   path = os.path.join(f["workdir"], f"probe_layer{name}.json")
   with open(path, "w") as fh:
     json.dump(result, fh, indent=2)
