@@ -92,14 +92,13 @@ class TrainStep:
     """Seconds to lower and compile for this batch (nothing runs); later calls reuse it."""
     t0 = time.perf_counter()
     with sharding.use_mesh(self.mesh):
-      self.compiled = self.fn.lower(self.state, batch["image"], batch["label"],
-                                    jnp.int32(0)).compile()
+      self.compiled = self.fn.lower(self.state, batch["image"], batch["label"]).compile()
     return time.perf_counter() - t0
 
   def __call__(self, batch):
     with sharding.use_mesh(self.mesh):
       fn = self.compiled or self.fn
-      self.state, metrics = fn(self.state, batch["image"], batch["label"], jnp.int32(self.step))
+      self.state, metrics = fn(self.state, batch["image"], batch["label"])
     self.step += 1
     return metrics
 

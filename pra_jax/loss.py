@@ -7,22 +7,28 @@ Numbers in comments follow the method's three parts (README, "The method").
 import jax
 import jax.numpy as jnp
 
-from pra_jax import rollout
+from pra_jax import rng, rollout
 from pra_jax.models import head as head_lib
 
 
-def drop_labels(labels_B, key, rate: float, null_class: int):
+def drop_labels(labels_B, keys_B, rate: float, null_class: int):
   """Replaces a `rate` fraction of labels by the null class, so the model learns p(x) for CFG."""
-  drop = jax.random.uniform(key, labels_B.shape) < rate
+  drop = jax.vmap(jax.random.uniform)(keys_B) < rate
   return jnp.where(drop, null_class, labels_B)
 
 
 def forward_train(model, images_BHWC, labels_B, key, step, config):
-  """Returns ({'total', 'head', 'recon'}: float32 [B] each, {'head_per_position': [B, N]})."""
-  key_drop, key_inputs, key_head = jax.random.split(key, 3)
+  """Returns ({'total', 'head', 'recon'}: float32 [B] each, {'head_per_position': [B, N]}).
+
+  `key`: one key, or a [B] array of per-example keys (pra_jax.rng): every draw of example b
+  comes from its own key, so a microbatch given its slice of the keys draws what the whole
+  batch would have. `step`: the optimizer's update count (the sigma schedule reads it).
+  """
   x_BNP = model.to_patches(images_BHWC)
   b, n, _ = x_BNP.shape
-  y_B = drop_labels(labels_B, key_drop, config.model.label_drop, model.null_class)
+  keys_B3 = rng.split_each(rng.as_example_keys(key, b), 3)
+  key_drop_B, key_inputs_B, key_head_B = keys_B3[:, 0], keys_B3[:, 1], keys_B3[:, 2]
+  y_B = drop_labels(labels_B, key_drop_B, config.model.label_drop, model.null_class)
 
   # (1) Reconstruction pass: z = E(x); G(z) is supervised below. The direct-pixel baseline
   #     has no state: its head targets the pixels themselves.
@@ -30,14 +36,15 @@ def forward_train(model, images_BHWC, labels_B, key, step, config):
 
   # (2) Parallel rollout approximation: the backbone's inputs, built per position through the
   #     same state -> pixel path as inference (or any other mode of the ablation).
-  x_in = rollout.build_inputs(model, x_BNP, z_BNZ, y_B, key_inputs, step, config)
+  x_in = rollout.build_inputs(model, x_BNP, z_BNZ, y_B, key_inputs_B, step, config)
 
   # (3) Generation loss: teacher-forced backbone on x_in; the head learns z_i given h_i, with
   #     the target held fixed so the head loss does not reshape the state space.
   h_BND = model.backbone(x_in, y_B)
   target = jax.lax.stop_gradient(z_BNZ)
   head_BN = head_lib.flow_loss(model.head, target.reshape(b * n, -1),
-                               h_BND.reshape(b * n, -1), key_head).reshape(b, n)
+                               h_BND.reshape(b * n, -1),
+                               rng.split_each(key_head_B, n).reshape(b * n)).reshape(b, n)
 
   if model.direct_pixel:
     recon_B = jnp.zeros((b,), jnp.float32)

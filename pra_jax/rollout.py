@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from pra_jax import sampler
+from pra_jax import rng, sampler
 from pra_jax.models import head as head_lib
 
 MODES = ("teacher", "pixel_noise", "recon", "pra", "head_sample", "exact")
@@ -76,11 +76,18 @@ def _decoded_state(model, z_Z, h_D, key, sigma_fn):
 
 
 def build_inputs(model, x_BNP, z_BNZ, y_B, key, step, config):
-  """Backbone inputs for patches 0..N-2 under `config.rollout.mode`: [B, N-1, P]."""
+  """Backbone inputs for patches 0..N-2 under `config.rollout.mode`: [B, N-1, P].
+
+  `key`: one key or [B] per-example keys (pra_jax.rng). Each example's key is split into a
+  stream for its per-position draws and a stream for sampled inputs, so no two draws share one.
+  """
   check_config(config)  # At trace time: a state mode on a direct-pixel model must not run.
   r = config.rollout
   x_in, z_in = x_BNP[:, :-1], z_BNZ[:, :-1]
-  keys_BN = jax.random.split(key, x_in.shape[:2])
+  b, m = x_in.shape[:2]
+  keys_B2 = rng.split_each(rng.as_example_keys(key, b), 2)
+  keys_BN = rng.split_each(keys_B2[:, 0], m)      # One key per input position.
+  sample_keys_B = keys_B2[:, 1]                   # head_sample / exact: the sampled inputs.
 
   if r.mode == "teacher":
     out = x_in
@@ -99,14 +106,14 @@ def build_inputs(model, x_BNP, z_BNZ, y_B, key, step, config):
                        keys_BN=keys_BN)
   elif r.mode == "head_sample":
     h_tf = jax.lax.stop_gradient(model.backbone(x_in, y_B))[:, :-1]
-    b, m = h_tf.shape[:2]
-    noise = jax.random.normal(key, (b * m, model.gen_dim))
+    noise = jax.vmap(lambda k: jax.random.normal(k, (model.gen_dim,)))(
+        rng.split_each(sample_keys_B, m).reshape(b * m))
     g = head_lib.sample(model.head, h_tf.reshape(b * m, -1), noise,
                         num_steps=r.head_sample_steps, solver="euler")
     out = model.decode(g.reshape(b, m, -1), h_tf)
   elif r.mode == "exact":
     settings = sampler.SampleSettings(num_steps=r.head_sample_steps)
-    out, _ = sampler.rollout(model, y_B, key, settings)
+    out, _ = sampler.rollout(model, y_B, sample_keys_B, settings)
     out = out[:, :-1]
   else:
     raise ValueError(f"rollout.mode must be one of {MODES}, got {r.mode!r}")

@@ -2,8 +2,9 @@
 
 Dimension legend: B images, G = 2B rows when guided ([cond; uncond]), N patches, P pixels per
 patch, Z generated dims, D width. Patch i is drawn from the head given h_i, decoded to pixels,
-and fed back as the next input; the draw for patch i uses fold_in(key, i), so a run is fixed by
-its key whatever the batch layout.
+and fed back as the next input. Image b draws patch i's noise from fold_in(keys_B[b], i), with
+keys_B one key per image (pra_jax.rng): an image is fixed by its key whatever batch, device or
+process it is generated in.
 """
 
 import dataclasses
@@ -13,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from pra_jax import rng
 from pra_jax.models import head as head_lib
 
 CFG_SCHEDULES = ("constant", "linear")
@@ -52,8 +54,12 @@ def cfg_scales(settings: SampleSettings, num_patches: int) -> jax.Array:
 
 
 def rollout(model, labels_B, key, settings: SampleSettings):
-  """Generates every patch of B images: returns (pixels x_BNP in [-1, 1], states g_BNZ)."""
+  """Generates every patch of B images: returns (pixels x_BNP in [-1, 1], states g_BNZ).
+
+  `key`: one key (images get keys 0..B-1 of it) or [B] per-image keys.
+  """
   b, n = labels_B.shape[0], model.num_patches
+  keys_B = rng.as_example_keys(key, b)
   # The position loop is an nnx.scan with the model broadcast into it: an NNX module closed
   # over by a plain lax.scan would leak tracers into the backbone's own layer scan.
   position_scan = lambda body: nnx.scan(body, in_axes=(nnx.Carry, None, 0), out_axes=(nnx.Carry, 0))
@@ -62,7 +68,8 @@ def rollout(model, labels_B, key, settings: SampleSettings):
   scales_N = cfg_scales(settings, n)
 
   def draw_patch(model, h_GD, i):
-    noise = settings.temperature * jax.random.normal(jax.random.fold_in(key, i), (b, model.gen_dim))
+    noise = settings.temperature * jax.vmap(
+        lambda k: jax.random.normal(jax.random.fold_in(k, i), (model.gen_dim,)))(keys_B)
     g_BZ = head_lib.sample(
         model.head, h_GD[:b], noise, num_steps=settings.num_steps, solver=settings.solver,
         h_uncond_MD=h_GD[b:] if guided else None, cfg_scale=scales_N[i])

@@ -1,8 +1,8 @@
 """train_and_evaluate: the whole training run, top to bottom, and the module-level train step.
 
 Resume order (first that applies): the newest good checkpoint in workdir/checkpoints -> fresh
-initialisation from config.seed. Every random draw is keyed by (seed, step), so a resumed run
-draws exactly what the uninterrupted one would have.
+initialisation from config.seed. Every random draw is keyed by (seed, update count, example index),
+so a resumed run draws exactly what the uninterrupted one would have.
 """
 
 import functools
@@ -17,7 +17,8 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 from flax import nnx
 
-from pra_jax import checkpoint, config_check, data, loss, optim, periodic_eval, sample, sharding
+from pra_jax import (checkpoint, config_check, data, loss, optim, periodic_eval, rng, sample,
+                     sharding)
 from pra_jax.models import pra
 
 
@@ -36,27 +37,30 @@ def create_bundle(config, mesh) -> TrainBundle:
     return nnx.jit(lambda: TrainBundle(config))()
 
 
-def train_step(graphdef, state, images, labels, step, *, config):
+def train_step(graphdef, state, images, labels, *, config):
   """One update. Returns (new state, flat dict of scalar metrics).
 
-  A step whose loss or gradient is not finite changes nothing (the update is masked out), so the
-  state is always safe to checkpoint; the host decides whether to stop or go on.
+  One step counter drives everything: the optimizer's count of applied updates keys the rng,
+  the sigma schedule, the learning rate and the EMA warm-up. A step whose loss or gradient is
+  not finite changes nothing (the update and the count are masked out), so the state is always
+  safe to checkpoint and a skipped batch leaves no trace; the host decides whether to go on.
   """
   # Kept as plain arrays: merge hands the state's variables to the bundle, which updates them.
   old_leaves = jax.tree.leaves(state)
   bundle = nnx.merge(graphdef, state)
-  key = jax.random.fold_in(jax.random.key(config.seed), step)
+  step = bundle.optimizer.step[...]
+  keys_B = rng.example_keys(jax.random.fold_in(jax.random.key(config.seed), step),
+                            images.shape[0])
 
   def loss_fn(model):
-    terms, _ = loss.forward_train(model, images, labels, key, step, config)
+    terms, _ = loss.forward_train(model, images, labels, keys_B, step, config)
     return terms["total"].mean(), {k: v.mean() for k, v in terms.items()}
 
   (_, terms), grads = nnx.value_and_grad(loss_fn, has_aux=True)(bundle.model)
   grad_norm = optax.global_norm(grads)
-  updates = bundle.optimizer.step[...]
   bundle.optimizer.update(bundle.model, grads)
   params = nnx.state(bundle.model, nnx.Param)
-  decay = optim.ema_decay_at(config.train.ema_decay, updates)
+  decay = optim.ema_decay_at(config.train.ema_decay, step)
   nnx.update(bundle.ema, optim.ema_update(nnx.state(bundle.ema, nnx.Param), params, decay))
 
   # The updated weights are checked too: a finite gradient can still overflow them.
@@ -71,7 +75,7 @@ def train_step(graphdef, state, images, labels, step, *, config):
   metrics.update({
       "train/grad_norm": grad_norm,
       "train/param_norm": param_norm,
-      "train/lr": optim.learning_rate_schedule(config.train)(updates),
+      "train/lr": optim.learning_rate_schedule(config.train)(step),
       "train/finite": finite.astype(jnp.float32),
   })
   return new_state, metrics
@@ -184,7 +188,7 @@ def train_and_evaluate(config, workdir: str, *, overwrite: bool = False) -> dict
         batch = next(train_iter)
         bad_images += int(np.sum(batch.pop("bad")))
         batch = sharding.global_batch(batch, mesh)
-        state, metrics = step_fn(state, batch["image"], batch["label"], jnp.int32(step - 1))
+        state, metrics = step_fn(state, batch["image"], batch["label"])
         if pending is not None:
           flush(pending)  # Fetch step - 1 while step runs: the host never waits on the device.
         pending = (step, metrics)

@@ -28,7 +28,7 @@ _SCRIPT = textwrap.dedent("""
       step_fn = jax.jit(functools.partial(train.train_step, graphdef, config=config))
       with sharding.use_mesh(mesh):
         g = sharding.global_batch(batch, mesh)
-        state, metrics = step_fn(state, g["image"], g["label"], jnp.int32(0))
+        state, metrics = step_fn(state, g["image"], g["label"])
       return state, {k: float(v) for k, v in metrics.items()}
 
     single = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])

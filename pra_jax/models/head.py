@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from pra_jax import rng
 from pra_jax.models import layers
 
 PREDICTIONS = ("v", "x", "eps")
@@ -88,16 +89,21 @@ def sample_time(key, shape, cfg):
 
 
 def flow_loss(head: FlowHead, target_MZ, h_MD, key):
-  """Rectified-flow loss per position, averaged over `num_draws` noise draws: float32 [M]."""
+  """Rectified-flow loss per position, averaged over `num_draws` noise draws: float32 [M].
+
+  `key`: one key, or [M] per-position keys (pra_jax.rng); position m draws only from its own.
+  """
   cfg = head.cfg
   r = cfg.num_draws
+  m = target_MZ.shape[0]
   # Several (t, eps) draws per position reuse one backbone pass: the head is cheap, the
   # backbone is not (the "diffusion batch multiplier").
   target_RMZ = jnp.broadcast_to(target_MZ, (r,) + target_MZ.shape)
   h_RMD = jnp.broadcast_to(h_MD, (r,) + h_MD.shape)
-  key_t, key_eps = jax.random.split(key)
-  t_RM = sample_time(key_t, target_RMZ.shape[:2], cfg)
-  eps_RMZ = jax.random.normal(key_eps, target_RMZ.shape)
+  keys_M2 = rng.split_each(rng.as_example_keys(key, m), 2)
+  t_RM = jax.vmap(lambda k: sample_time(k, (r,), cfg), out_axes=1)(keys_M2[:, 0])
+  eps_RMZ = jax.vmap(lambda k: jax.random.normal(k, (r, target_MZ.shape[1])),
+                     out_axes=1)(keys_M2[:, 1])
   z_t = t_RM[..., None] * target_RMZ + (1.0 - t_RM[..., None]) * eps_RMZ
   h_RMD = layers.constrain(h_RMD, (None, "act_batch", None))
   # Draws vmapped, not flattened into the rows: merging R into the batch-sharded M axis has

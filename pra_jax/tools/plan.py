@@ -101,15 +101,14 @@ def abstract_train_state(config, mesh):
 
 
 def abstract_batch(config, mesh, global_batch: int):
-  """(images, labels, step) as the loop feeds them: uint8 images and int32 labels split over
-  data x fsdp, a replicated int32 step."""
+  """(images, labels) as the loop feeds them: uint8 images and int32 labels split over
+  data x fsdp."""
   d = config.data
   split = sharding.batch_sharding(mesh)
   images = jax.ShapeDtypeStruct((global_batch, d.image_size, d.image_size, d.channels),
                                 jnp.uint8, sharding=split)
   labels = jax.ShapeDtypeStruct((global_batch,), jnp.int32, sharding=split)
-  step = jax.ShapeDtypeStruct((), jnp.int32, sharding=sharding.replicated(mesh))
-  return images, labels, step
+  return images, labels
 
 
 def compile_train_step(config, mesh, global_batch: int):
