@@ -65,7 +65,12 @@ def base_config() -> ml_collections.ConfigDict:
   s.width = 512                    # [ours] Residual MLP width of E and G.
   s.depth = 2
   s.norm = "layernorm"             # [ours] 'layernorm' (unit scale per patch) | 'tanh' | 'none'.
-  s.decoder_context = False        # [ours] G also reads the backbone output h_i.
+  s.decoder_context = False        # [ours] G also reads the backbone output h_i. The
+                                   # reconstruction loss never trains the backbone through it.
+  s.project = True                 # [ours] G projects its input onto the states E can output
+                                   # (the norm above) before decoding: noised training inputs and
+                                   # sampled (CFG-extrapolated) states are decoded from the same set
+                                   # G is trained on. Same projection in training and sampling.
   s.dtype = "float32"
   s.param_dtype = "float32"
 
@@ -96,6 +101,11 @@ def base_config() -> ml_collections.ConfigDict:
   t.warmup_steps = 5000
   t.min_lr_ratio = 0.0
   t.weight_decay = 0.02
+  # [ours] Which parameters decay, by name: every dense kernel and the class-embedding table.
+  # Never decayed: norm scales (RMSNorm, LayerNorm, qk-norm), biases, and the position tables
+  # (`class_pos`, learned `pos`), which carry where a token sits rather than what it holds.
+  # Read from each parameter's path, so a scanned stack ([depth, ...] scales) decays the same.
+  t.weight_decay_on = ("kernel", "embedding")
   t.b1 = 0.9
   t.b2 = 0.95
   t.grad_clip = 3.0                # Global-norm clip (0 = off).

@@ -55,6 +55,13 @@ def validate(config) -> None:
     raise ValueError(f"config model.state.dim={st.dim} with model.state.norm='layernorm' leaves "
                      f"the state {max(st.dim - 2, 0)} degrees of freedom; use dim >= 3 or "
                      f"state.norm 'tanh' / 'none'")
+  known = ("kernel", "embedding", "scale", "bias", "class_pos", "pos")
+  bad = [n for n in config.train.weight_decay_on if n not in known]
+  if isinstance(config.train.weight_decay_on, str) or bad:
+    raise ValueError(f"config train.weight_decay_on={tuple(config.train.weight_decay_on)!r} must "
+                     f"be a tuple of parameter names from {known}")
+  if not isinstance(st.project, bool):
+    raise ValueError(f"config model.state.project must be True or False, got {st.project!r}")
   if not 0.0 <= config.model.label_drop < 1.0:
     raise ValueError(f"config model.label_drop must be in [0, 1), got {config.model.label_drop}")
   rollout.check_config(config)

@@ -49,7 +49,10 @@ def forward_train(model, images_BHWC, labels_B, key, step, config):
   if model.direct_pixel:
     recon_B = jnp.zeros((b,), jnp.float32)
   else:
-    x_rec = model.decode(z_BNZ, h_BND)
+    # The reconstruction term trains E and G only: with a context-aware decoder it reads h_i
+    # without gradient, so the backbone is trained by the head loss alone in both settings of
+    # model.state.decoder_context ([ours]).
+    x_rec = model.decode(z_BNZ, jax.lax.stop_gradient(h_BND))
     recon_B = jnp.mean(jnp.square(x_rec - x_BNP), axis=(1, 2))
   head_B = head_BN.mean(axis=1)
   terms = {"total": head_B + config.loss.recon_weight * recon_B, "head": head_B, "recon": recon_B}

@@ -19,12 +19,31 @@ def learning_rate_schedule(train_cfg):
   return optax.join_schedules([warmup, after], [train_cfg.warmup_steps])
 
 
+def param_name(path) -> str:
+  """The parameter's own name at the end of its tree path: 'kernel', 'scale', 'class_pos' ...
+
+  Read from the path, not the shape: a scanned layer stack gives every norm scale and bias a
+  leading layer axis, so `ndim >= 2` would mistake them for matrices.
+  """
+  names = [k.key for k in path if isinstance(k, jax.tree_util.DictKey) and isinstance(k.key, str)]
+  names += [k.name for k in path if isinstance(k, jax.tree_util.GetAttrKey) and k.name != "value"]
+  if not names:
+    raise ValueError(f"cannot name the parameter at {jax.tree_util.keystr(path)}")
+  return names[-1]
+
+
+def decay_mask(params, decayed_names):
+  """True for the parameters weight decay applies to (their name is in `decayed_names`)."""
+  return jax.tree_util.tree_map_with_path(lambda path, _: param_name(path) in decayed_names,
+                                          params)
+
+
 def make_optimizer(train_cfg) -> optax.GradientTransformation:
-  # Decay matrices only: norms, biases and embeddings' scales stay free.
-  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
+  decayed = tuple(train_cfg.weight_decay_on)
   parts = [optax.clip_by_global_norm(train_cfg.grad_clip)] if train_cfg.grad_clip > 0 else []
   parts.append(optax.adamw(learning_rate_schedule(train_cfg), b1=train_cfg.b1, b2=train_cfg.b2,
-                           weight_decay=train_cfg.weight_decay, mask=decay_mask))
+                           weight_decay=train_cfg.weight_decay,
+                           mask=lambda params: decay_mask(params, decayed)))
   return optax.chain(*parts)
 
 

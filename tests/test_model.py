@@ -183,11 +183,11 @@ def test_paper_sizes_count_within_3_percent(name):
 # the loss, the initialisation or the way randomness is drawn, with the change named in the
 # commit; never to make a failing test pass without understanding why it failed.
 GOLDEN = {
-    "total": 3.648888,
-    "head": 1.925703,
+    "total": 3.692042,
+    "head": 1.968857,
     "recon": 1.723185,
-    "grad_norm": 5.387365,
-    "total_after_step": 3.401429,
+    "grad_norm": 5.396736,
+    "total_after_step": 3.458185,
 }
 
 

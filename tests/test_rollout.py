@@ -22,6 +22,10 @@ CASES = [
     ("recon", {"rollout.mode": "recon"}, False),
     ("pra", {"rollout.mode": "pra"}, False),   # The tiny default: stop_gradient=True.
     ("pra_no_stop", {"rollout.mode": "pra", "rollout.stop_gradient": False}, True),
+    # A context-aware decoder reads h_i: the reconstruction loss must still not train the
+    # backbone through it (the head loss alone does, as with decoder_context off).
+    ("recon_context", {"rollout.mode": "recon", "model.state.decoder_context": True}, False),
+    ("pra_context", {"rollout.mode": "pra", "model.state.decoder_context": True}, False),
     ("head_sample", {"rollout.mode": "head_sample", "rollout.stop_gradient": False}, False),
     ("exact", {"rollout.mode": "exact", "rollout.stop_gradient": False}, False),
     ("direct_teacher", {"rollout.mode": "teacher", "model.direct_pixel": True}, None),
@@ -73,6 +77,8 @@ def test_mode_runs_and_gradients_reach_the_right_parameters(batch, overrides, st
     assert float(jnp.abs(terms["recon"]).max()) == 0
     return
   assert float(terms["recon"].min()) > 0
+  if config.model.state.decoder_context:   # G's context projection learns from reconstruction.
+    assert all(n > 0 for p, n in _norms(g_recon, "decoder").items() if p[1] == "context")
   for component in ("encoder", "decoder"):
     assert all(n > 0 for n in _norms(g_recon, component).values()), (
         f"reconstruction loss misses part of the {component}")
@@ -120,3 +126,38 @@ def test_config_errors():
     images, labels = F.digits_batch(2)
     with pytest.raises(ValueError, match="direct_pixel=True has no state encoder/decoder"):
       loss.forward_train(F.random_model(config), images, labels, jax.random.key(0), 0, config)
+
+
+# -- the modes are what they say: each noise is there, and is the only difference ----------------
+
+
+def _inputs(config, model, batch, key):
+  @F.jit
+  def fn(model, images, labels, key):
+    x = model.to_patches(images)
+    return x, rollout.build_inputs(model, x, model.encode(x), labels, key, 0, config)
+  return fn(model, *batch, key)
+
+
+@pytest.mark.parametrize("noisy,clean", [("pixel_noise", "teacher"), ("pra", "recon")])
+def test_noise_modes_differ_from_their_clean_twin_by_the_noise_alone(batch, noisy, clean):
+  key = jax.random.key(5)
+  model = F.random_model(F.tiny_config(), seed=4)
+  cfg = lambda mode, **kw: F.tiny_config(**{"rollout.mode": mode, **kw})
+  x, clean_in = _inputs(cfg(clean), model, batch, key)
+  _, noisy_in = _inputs(cfg(noisy), model, batch, key)
+  _, zero_in = _inputs(cfg(noisy, **{"rollout.sigma_law": "fixed", "rollout.sigma": 0.0}),
+                       model, batch, key)
+  # Without its noise the mode is its clean twin, so the noise is the only difference...
+  np.testing.assert_allclose(zero_in, clean_in, atol=1e-5)
+  diff = np.asarray(noisy_in - clean_in)
+  if noisy == "pixel_noise":
+    # ... and it has the configured size: sigma ~ U[0, 1] scaled by pixel_sigma, so the RMS of
+    # the difference is pixel_sigma / sqrt(3).
+    want = F.tiny_config().rollout.pixel_sigma / np.sqrt(3.0)
+    assert np.sqrt(np.mean(diff ** 2)) == pytest.approx(want, rel=0.1)
+  else:
+    assert np.sqrt(np.mean(diff ** 2)) > 0.05   # State noise of RMS ~0.58, decoded.
+  # Independent per position: no two positions got the same noise.
+  per_position = diff.reshape(-1, diff.shape[-1])
+  assert len(np.unique(np.round(per_position[:, 0], 6))) == per_position.shape[0]
