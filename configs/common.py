@@ -12,7 +12,10 @@ def base_config() -> ml_collections.ConfigDict:
 
   # -- data ---------------------------------------------------------------------------------
   c.data = d = ml_collections.ConfigDict()
-  d.source = "tfds"                # 'tfds' | 'folder' | 'digits' (built-in demo set).
+  d.source = "tfds"                # 'tfds' | 'folder' | 'digits' (built-in demo set) |
+                                   # 'synthetic' (random images of the real shapes: a smoke
+                                   # test of compile, steps, checkpoint and resume, no data).
+  d.synthetic_examples = 100_000   # 'synthetic': train split size (eval: a tenth).
   d.tfds_name = "imagenet2012"     # TFDS dataset read with tfds.data_source (array_record).
   d.tfds_data_dir = None           # None: TFDS's default (~/tensorflow_datasets).
   d.folder = ""                    # 'folder': root of class subfolders of JPEG/PNG files.

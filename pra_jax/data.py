@@ -1,4 +1,5 @@
-"""Input pipelines: the built-in digits demo set, image folders and TFDS, all through grain.
+"""Input pipelines: the built-in digits demo set, image folders, TFDS and synthetic images for
+smoke tests, all through grain.
 
 Examples are {'image': uint8 [H, W, C], 'label': int32, 'bad': int32}; batches stack them.
 """
@@ -21,7 +22,7 @@ DIGITS_NUM_CLASSES = 10
 DIGITS_NUM_EVAL = 297
 _DIGITS_SPLIT_SEED = 0
 
-SOURCES = ("digits", "folder", "tfds")
+SOURCES = ("digits", "folder", "tfds", "synthetic")
 BAD_IMAGE_MODES = ("skip", "raise")
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 # What PIL raises on corrupt, truncated or empty files (UnidentifiedImageError is an OSError).
@@ -179,6 +180,31 @@ class DigitsSource:
 
   def __repr__(self) -> str:
     return f"DigitsSource({self._role!r}, n={len(self)})"
+
+
+class SyntheticSource:
+  """Random images with the real pipeline's shapes and dtypes, made on the fly from (split,
+  index): for smoke-testing a config end to end (compile, steps, checkpoint, resume) on a pod
+  or a GPU box before its dataset is built. Nothing a model learns from it means anything."""
+
+  def __init__(self, role: str, size: int, image_size: int, channels: int, num_classes: int):
+    self._role, self._size, self._num_classes = role, size, num_classes
+    self._shape = (image_size, image_size, channels)
+
+  def __len__(self) -> int:
+    return self._size
+
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng([int(index), 0 if self._role == "train" else 1])
+    # Smooth blobs rather than white noise, so patches are as compressible as real ones.
+    h, w, c = self._shape
+    coarse = rng.integers(0, 256, (max(h // 8, 1), max(w // 8, 1), c), dtype=np.uint8)
+    image = np.asarray(Image.fromarray(coarse[..., 0] if c == 1 else coarse).resize(
+        (w, h), Image.BILINEAR)).reshape(self._shape)
+    return _example(image, int(index) % self._num_classes, bad=False)
+
+  def __repr__(self) -> str:
+    return f"SyntheticSource({self._role!r}, n={len(self)}, shape={self._shape})"
 
 
 class _DecodingSource(abc.ABC):
@@ -346,6 +372,13 @@ def make_source(data_cfg: ml_collections.ConfigDict, split: str) -> Source:
   if data_cfg.source == "digits":
     _check_num_classes(data_cfg, DIGITS_NUM_CLASSES, "the digits set")
     return DigitsSource(_split_role(data_cfg, split), data_cfg.image_size, data_cfg.channels)
+  if data_cfg.source == "synthetic":
+    role = _split_role(data_cfg, split)
+    logging.warning("data.source='synthetic': random images for a smoke test of the %s split; "
+                    "losses and samples mean nothing.", role)
+    size = data_cfg.synthetic_examples if role == "train" else max(data_cfg.synthetic_examples // 10, 1)
+    return SyntheticSource(role, size, data_cfg.image_size, data_cfg.channels,
+                           data_cfg.num_classes)
   if data_cfg.source == "folder":
     classes = _folder_classes(data_cfg)
     root = data_cfg.folder

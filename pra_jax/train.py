@@ -166,6 +166,9 @@ def train_and_evaluate(config, workdir: str, *, overwrite: bool = False) -> dict
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   if start_step == 0:
     writer.write_hparams(_flat_hparams(config.to_dict()))
+  if config.data.source == "synthetic":   # Labelled on the dashboard, not only in the log.
+    writer.write_texts(start_step, {"data": "SYNTHETIC random images (data.source=synthetic): "
+                                            "a smoke test; the losses mean nothing"})
   num_steps = config.train.num_steps
   progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
   preemption = _Preemption()
