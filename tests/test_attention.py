@@ -27,8 +27,8 @@ def _on(monkeypatch, platform, version=""):
     ("splash", None, {}, "is a TPU kernel, but this platform is 'cpu'"),
     ("cudnn", ("gpu", "rocm 6.2"), {"model.backbone.dtype": "bfloat16"}, "needs an NVIDIA GPU"),
     ("cudnn", ("gpu", "cuda 12.8"), {}, "runs in bfloat16 or float16, but model.backbone.dtype"),
-    ("cudnn", ("gpu", "cuda 12.8"), {"model.backbone.dtype": "bfloat16",
-                                      "model.backbone.num_heads": 8}, "head dim that is a multiple"),
+    ("cudnn", ("gpu", "cuda 12.8"),
+     {"model.backbone.dtype": "bfloat16", "model.backbone.num_heads": 8}, "head dim that is a"),
     ("splash", ("tpu", ""), {}, "multiple of 128, but class tokens \\+ patches - 1 = 16"),
     ("flash", None, {}, "attention='flash' is not one of"),
 ])
