@@ -49,6 +49,9 @@ def base_config() -> ml_collections.ConfigDict:
   b.num_class_tokens = 1           # Class tokens before the first patch.
   b.scan_layers = True             # One compiled layer under lax.scan: fast compiles at depth.
   b.remat_policy = "none"          # 'none' | 'full' | any jax.checkpoint_policies name.
+  b.attention = "xla"              # 'xla' (any platform) | 'cudnn' (fused flash attention on
+                                   # NVIDIA GPUs, bf16/f16) | 'splash' (TPU Pallas kernel, L a
+                                   # multiple of 128). KV-cached decoding always uses 'xla'.
   b.dtype = "float32"              # Compute dtype: 'float32' | 'bfloat16'.
   b.param_dtype = "float32"
 
@@ -98,6 +101,9 @@ def base_config() -> ml_collections.ConfigDict:
   # -- optimisation -------------------------------------------------------------------------
   c.train = t = ml_collections.ConfigDict()
   t.batch_size = 1024              # Global batch, split over all devices of all processes.
+  t.grad_accum_steps = 1           # Microbatches per update (one scan inside the step): the
+                                   # activations of batch_size / grad_accum_steps at a time. The
+                                   # per-device batch must divide by it.
   t.num_steps = 400_000
   t.lr = 4e-4
   t.lr_schedule = "cosine"         # 'cosine' | 'constant' (both after linear warmup).
@@ -117,6 +123,8 @@ def base_config() -> ml_collections.ConfigDict:
   t.log_every = 100
   t.sample_every = 10_000          # Sample grid to TensorBoard and workdir/samples/ (0 = off).
   t.eval_every = 0                 # Periodic quality evaluation (0 = off); see `eval` below.
+  t.profile_steps = ""             # 'FIRST:STOP': jax.profiler trace of steps FIRST..STOP-1 into
+                                   # workdir/profile (TensorBoard's profile tab); '' = off.
 
   # -- evaluation (periodic during training, and pra_jax.evaluate) ----------------------------
   c.eval = e = ml_collections.ConfigDict()

@@ -1,6 +1,7 @@
 """Checks a config before anything compiles or loads data: one clear message per mistake."""
 
-from pra_jax import rollout
+from pra_jax import profiling, rollout
+from pra_jax.models import attention
 
 _CHOICES = {
     "data.source": ("tfds", "folder", "digits", "synthetic"),
@@ -9,6 +10,7 @@ _CHOICES = {
     "model.backbone.norm": ("rmsnorm", "layernorm"),
     "model.backbone.pos_emb": ("learned", "rope2d"),
     "model.backbone.dtype": ("float32", "bfloat16", "float16"),
+    "model.backbone.attention": attention.IMPLEMENTATIONS,
     "model.head.prediction": ("v", "x", "eps"),
     "model.head.time_sampling": ("uniform", "logit_normal"),
     "model.state.norm": ("layernorm", "tanh", "none"),
@@ -20,7 +22,7 @@ _CHOICES = {
 _POSITIVE = ("data.image_size", "data.num_classes", "model.patch_size", "model.backbone.width",
              "model.backbone.depth", "model.backbone.num_heads", "model.head.width",
              "model.head.num_draws", "model.state.dim", "train.batch_size", "train.num_steps",
-             "sample.num_steps", "checkpoint.every")
+             "train.grad_accum_steps", "sample.num_steps", "checkpoint.every")
 
 
 def _get(config, dotted):
@@ -64,4 +66,20 @@ def validate(config) -> None:
     raise ValueError(f"config model.state.project must be True or False, got {st.project!r}")
   if not 0.0 <= config.model.label_drop < 1.0:
     raise ValueError(f"config model.label_drop must be in [0, 1), got {config.model.label_drop}")
+  check_microbatches(config, 1)
+  profiling.parse_steps(config.train.profile_steps)
+  num_patches = (config.data.image_size // config.model.patch_size) ** 2
+  attention.check(b, b.num_class_tokens + num_patches - 1)
   rollout.check_config(config)
+
+
+def check_microbatches(config, batch_divisor: int) -> None:
+  """The global batch must split into grad_accum_steps microbatches that each spread evenly
+  over the `batch_divisor` (data x fsdp) devices the batch is sharded over."""
+  t = config.train
+  if t.batch_size % (batch_divisor * t.grad_accum_steps):
+    per_device = (f", and the per-device batch {t.batch_size}/{batch_divisor} into them"
+                  if batch_divisor > 1 else "")
+    raise ValueError(f"config train.batch_size={t.batch_size} must split into "
+                     f"train.grad_accum_steps={t.grad_accum_steps} equal microbatches"
+                     f"{per_device} (batch_size divisible by {batch_divisor * t.grad_accum_steps})")

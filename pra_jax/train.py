@@ -17,8 +17,8 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 from flax import nnx
 
-from pra_jax import (checkpoint, config_check, data, loss, optim, periodic_eval, rng, sample,
-                     sharding)
+from pra_jax import (checkpoint, config_check, data, loss, optim, periodic_eval, profiling, rng,
+                     sample, sharding)
 from pra_jax.models import pra
 
 
@@ -37,6 +37,38 @@ def create_bundle(config, mesh) -> TrainBundle:
     return nnx.jit(lambda: TrainBundle(config))()
 
 
+def accumulate_gradients(loss_fn, model, batch, num_micro: int):
+  """(metrics, gradient) of `loss_fn` over `batch`, in `num_micro` microbatches under one scan.
+
+  loss_fn(model, *microbatch) -> (mean loss, dict of scalar means). The gradient and metrics
+  are the means over the microbatches, which, equal in size, give the full batch's means; only
+  one microbatch's activations are alive at a time. Microbatch j holds examples j, j + num_micro,
+  j + 2 num_micro, ...: every device's contiguous shard of the batch splits in place into its
+  shard of each microbatch, so nothing moves between devices (a contiguous split would put each
+  microbatch on 1 / num_micro of them).
+  """
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  # A pure function of the parameters: nnx transforms refuse a model from outside the scan.
+  grad_fn = jax.value_and_grad(
+      lambda p, *mb: loss_fn(nnx.merge(graphdef, p, rest), *mb), has_aux=True)
+  if num_micro == 1:
+    (_, metrics), grads = grad_fn(params, *batch)
+    return metrics, grads
+  size = batch[0].shape[0]
+  if size % num_micro:
+    raise ValueError(f"a batch of {size} does not split into {num_micro} microbatches")
+  to_micro = lambda a: jnp.swapaxes(a.reshape(size // num_micro, num_micro, *a.shape[1:]), 0, 1)
+
+  def body(grad_sum, microbatch):
+    (_, metrics), grads = grad_fn(params, *microbatch)
+    return jax.tree.map(jnp.add, grad_sum, grads), metrics
+
+  grad_sum, metrics_J = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, params),
+                                     tuple(to_micro(a) for a in batch))
+  return ({k: v.mean() for k, v in metrics_J.items()},
+          jax.tree.map(lambda g: g / num_micro, grad_sum))
+
+
 def train_step(graphdef, state, images, labels, *, config):
   """One update. Returns (new state, flat dict of scalar metrics).
 
@@ -52,11 +84,13 @@ def train_step(graphdef, state, images, labels, *, config):
   keys_B = rng.example_keys(jax.random.fold_in(jax.random.key(config.seed), step),
                             images.shape[0])
 
-  def loss_fn(model):
-    terms, _ = loss.forward_train(model, images, labels, keys_B, step, config)
+  def loss_fn(model, images, labels, keys):
+    terms, _ = loss.forward_train(model, images, labels, keys, step, config)
     return terms["total"].mean(), {k: v.mean() for k, v in terms.items()}
 
-  (_, terms), grads = nnx.value_and_grad(loss_fn, has_aux=True)(bundle.model)
+  # Each example keeps its key in whichever microbatch it lands: the draws are the full batch's.
+  terms, grads = accumulate_gradients(loss_fn, bundle.model, (images, labels, keys_B),
+                                      config.train.grad_accum_steps)
   grad_norm = optax.global_norm(grads)
   bundle.optimizer.update(bundle.model, grads)
   params = nnx.state(bundle.model, nnx.Param)
@@ -131,6 +165,7 @@ def train_and_evaluate(config, workdir: str, *, overwrite: bool = False) -> dict
     raise ValueError(f"config train.batch_size={global_batch} must be divisible by the data x "
                      f"fsdp mesh size {sharding.batch_divisor(mesh)} and the "
                      f"{jax.process_count()} processes")
+  config_check.check_microbatches(config, sharding.batch_divisor(mesh))
   data.validate_config(config.data)
   logging.info("Mesh %s on %d devices (%d processes).", dict(mesh.shape), mesh.size,
                jax.process_count())
@@ -172,6 +207,7 @@ def train_and_evaluate(config, workdir: str, *, overwrite: bool = False) -> dict
   num_steps = config.train.num_steps
   progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
   preemption = _Preemption()
+  profiler = profiling.StepProfiler(config.train.profile_steps, workdir)
   pending, skipped, bad_images, last, last_eval = None, 0, 0, {}, {}
 
   def flush(pending):
@@ -191,6 +227,7 @@ def train_and_evaluate(config, workdir: str, *, overwrite: bool = False) -> dict
         batch = next(train_iter)
         bad_images += int(np.sum(batch.pop("bad")))
         batch = sharding.global_batch(batch, mesh)
+        profiler(step, state)
         state, metrics = step_fn(state, batch["image"], batch["label"])
         if pending is not None:
           flush(pending)  # Fetch step - 1 while step runs: the host never waits on the device.
@@ -218,6 +255,7 @@ def train_and_evaluate(config, workdir: str, *, overwrite: bool = False) -> dict
       ckpt.wait()
       raise
     finally:
+      profiler.stop()
       preemption.restore()
       ckpt.close()
       writer.flush()

@@ -20,13 +20,18 @@ _API = textwrap.dedent("""
     os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=2"
     from configs import tiny
     from pra_jax.tools import plan
-    print("RESULT" + json.dumps(plan.plan(tiny.get_config(), 2, {"data": 2})))
+    config = tiny.get_config()
+    results = [plan.plan(config, 2, {"data": 2})]
+    config.train.grad_accum_steps = 4  # One example per device at a time.
+    results.append(plan.plan(config, 2, {"data": 2}))
+    print("RESULT" + json.dumps(results))
 """)
 
 
 @pytest.fixture(scope="module")
 def outputs():
-  """(CLI stdout on a pure-fsdp mesh, plan() dict on a pure-data mesh), run side by side."""
+  """(CLI stdout on a pure-fsdp mesh with 2 microbatches, [plan() dict on a pure-data mesh,
+  the same with 4 microbatches]), run side by side."""
   # Compile speed, not plan accuracy, matters here. The conftest's XLA cache (inherited through
   # the environment) turns programs another test already compiled into lookups.
   env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu",
@@ -34,7 +39,8 @@ def outputs():
   run = lambda args: subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, text=True,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
   cli = run(["-m", "pra_jax.tools.plan", "--config=configs/tiny.py", "--devices=2",
-             "--mesh=data=1,fsdp=2,tensor=1", "--batch=8", "--remat=full", "--budget_gib=0.5"])
+             "--mesh=data=1,fsdp=2,tensor=1", "--batch=8", "--accum=2", "--remat=full",
+             "--budget_gib=0.5"])
   api = run(["-c", _API])
   outs = []
   for proc in (cli, api):
@@ -55,12 +61,13 @@ def _row(stdout):
 def test_cli_prints_a_row(outputs):
   row = _row(outputs[0])
   assert row["config"] == "tiny" and row["devices"] == "2" and row["mesh d,f,t"] == "1,2,1"
-  assert row["batch/dev"] == "4" and row["remat"] == "full" and row["scan"] == "on"
+  assert row["batch/dev"] == "4" and row["accum"] == "2" and row["remat"] == "full"
+  assert row["scan"] == "on"
   assert row["fits"] == "yes <= 0.5" and float(row["compile s"]) >= 0
 
 
 def test_plan_function_accounts_for_the_state(outputs):
-  r = outputs[1]
+  r = outputs[1][0]
   assert r["mesh"] == {"data": 2, "fsdp": 1, "tensor": 1} and r["per_device_batch"] == 4
   # float32 params, replicated by pure data parallelism; the EMA is a copy; AdamW keeps two
   # moments (plus step counters).
@@ -71,9 +78,18 @@ def test_plan_function_accounts_for_the_state(outputs):
 
 
 def test_fsdp_splits_what_data_parallelism_replicates(outputs):
-  row, r = _row(outputs[0]), outputs[1]
+  row, r = _row(outputs[0]), outputs[1][0]
   for column, key in (("param GiB", "params"), ("opt GiB", "optimizer"), ("EMA GiB", "ema")):
     assert float(row[column]) * plan.GIB < 0.75 * r[key], (column, row, r)
+
+
+def test_accumulation_holds_one_microbatch_of_activations(outputs):
+  whole, micro = outputs[1]
+  assert whole["grad_accum_steps"] == 1 and micro["grad_accum_steps"] == 4
+  assert micro["per_device_batch"] == whole["per_device_batch"] == 4
+  # The state is the same; the temporaries shrink although a gradient sum is added to them.
+  assert micro["arguments"] == whole["arguments"]
+  assert micro["temp"] < 0.8 * whole["temp"], (micro["temp"], whole["temp"])
 
 
 def test_plan_needs_the_devices_it_plans_for():

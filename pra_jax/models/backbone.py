@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from pra_jax.models import layers
+from pra_jax.models import attention, layers
 
 
 def remat_policy(name: str):
@@ -44,6 +44,7 @@ class Attention(nnx.Module):
     self.q_norm = layers.norm(cfg.norm, self.head_dim, axis_name=None, **kw) if cfg.qk_norm else None
     self.k_norm = layers.norm(cfg.norm, self.head_dim, axis_name=None, **kw) if cfg.qk_norm else None
     self.use_rope, self.rope_theta = cfg.pos_emb == "rope2d", cfg.rope_theta
+    self.implementation = cfg.attention
 
   def __call__(self, x_BLD, rows_L, cols_L, cache=None, start=None):
     b, l, d = x_BLD.shape
@@ -55,8 +56,11 @@ class Attention(nnx.Module):
       q = layers.rope_2d(q, rows_L, cols_L, self.rope_theta)
       k = layers.rope_2d(k, rows_L, cols_L, self.rope_theta)
     if cache is None:
-      out = jax.nn.dot_product_attention(q, k, v, is_causal=True)
+      out = attention.causal(q, k, v, self.implementation)
     else:
+      # Decoding (the class tokens, then one patch a step) stays on XLA's attention whatever
+      # backbone.attention says: a query of one token has no [L, L] logits to keep out of
+      # memory, and the fused kernels want whole blocks of queries.
       k_BSHK, v_BSHK = cache
       k_BSHK = jax.lax.dynamic_update_slice(k_BSHK, k.astype(k_BSHK.dtype), (0, start, 0, 0))
       v_BSHK = jax.lax.dynamic_update_slice(v_BSHK, v.astype(v_BSHK.dtype), (0, start, 0, 0))
@@ -92,11 +96,12 @@ class Backbone(nnx.Module):
     if cfg.pos_emb not in ("learned", "rope2d"):
       raise ValueError(f"backbone.pos_emb must be 'learned' or 'rope2d', got {cfg.pos_emb!r}")
     self.cfg = cfg
+    self.num_patches = grid[0] * grid[1]
+    self.cache_len = cfg.num_class_tokens + self.num_patches - 1
+    attention.check(cfg, self.cache_len)  # Before anything compiles, on the platform it runs.
     self.dtype, param_dtype = layers.dtype_of(cfg.dtype), layers.dtype_of(cfg.param_dtype)
     self.grid, self.num_classes = tuple(grid), num_classes
     self.num_class_tokens = cfg.num_class_tokens
-    self.num_patches = grid[0] * grid[1]
-    self.cache_len = self.num_class_tokens + self.num_patches - 1
     d = cfg.width
     kw = dict(rngs=rngs, dtype=self.dtype, param_dtype=param_dtype)
     init = nnx.initializers.normal(0.02)

@@ -34,24 +34,33 @@ def dense(in_features: int, out_features: int, axes: Sequence[str | None], *, rn
       rngs=rngs)
 
 
-def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
-  """Pins an activation's sharding by logical axis names, mapped by the rules in context.
+def logical_spec(shape: Sequence[int], axes: Sequence[str | None]) -> PartitionSpec | None:
+  """The mesh PartitionSpec of logical axis names under the mesh and rules in context.
 
-  Without it GSPMD may keep FSDP-sharded weights in place and replicate the batch instead. A
-  no-op outside a mesh with logical rules (one device, sampling) and for any axis that the
-  mesh axes it maps to do not divide.
+  None outside a mesh with logical rules (one device, sampling); an axis that the mesh axes it
+  maps to do not divide stays unsplit.
   """
   mesh = jax.sharding.get_abstract_mesh()
   rules = dict(flax_spmd.get_logical_axis_rules())
   if mesh.empty or not rules:
-    return x
+    return None
   spec = []
-  for size, name in zip(x.shape, axes):
+  for size, name in zip(shape, axes):
     mesh_axes = rules.get(name) if name is not None else None
     names = (mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes or ())
     spec.append(mesh_axes if names and size % math.prod(mesh.shape[a] for a in names) == 0
                 else None)
-  return jax.lax.with_sharding_constraint(x, PartitionSpec(*spec))
+  return PartitionSpec(*spec)
+
+
+def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
+  """Pins an activation's sharding by logical axis names, mapped by the rules in context.
+
+  Without it GSPMD may keep FSDP-sharded weights in place and replicate the batch instead. A
+  no-op outside a mesh with logical rules (see logical_spec).
+  """
+  spec = logical_spec(x.shape, axes)
+  return x if spec is None else jax.lax.with_sharding_constraint(x, spec)
 
 
 def norm(kind: str, features: int, *, rngs: nnx.Rngs, axis_name: str | None = "embed",

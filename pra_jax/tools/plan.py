@@ -2,14 +2,20 @@
 
   python -m pra_jax.tools.plan --config=configs/pra_l.py --devices=64 \
       --mesh=data=8,fsdp=8,tensor=1 --batch=1024 --remat=full
+  python -m pra_jax.tools.plan --config=configs/pra_l.py --devices=8 \
+      --mesh=data=1,fsdp=8,tensor=1 --batch=1024 --accum=8 --remat=full
 
-`--mesh` and `--remat` may be repeated (`--remat=none --remat=full`): one table row per run.
+`--mesh`, `--remat` and `--accum` may be repeated (`--remat=none --remat=full`): one table row
+per combination. With `--accum=J` (train.grad_accum_steps) the step holds the activations of one
+microbatch, batch / J, plus a float32 gradient sum the size of the parameters.
 Fake CPU devices stand in for the accelerators (XLA_FLAGS is set before jax is imported), so
 the parameter, optimizer and EMA bytes per device are exact, while temporaries are XLA:CPU's
 buffer assignment of the same sharded program: an estimate of what a TPU or GPU compile needs
 (fusion and layouts differ), good for telling a setting that fits from one that does not. It
 errs high for bfloat16 models: XLA:CPU computes bf16 matmuls in float32, so some saved
-activations appear in both widths.
+activations appear in both widths. A fused attention kernel (backbone.attention 'cudnn' or
+'splash') cannot compile on CPU: such a config is planned with 'xla' attention, which keeps the
+[L, L] attention logits that the fused kernels never store, so the plan errs high for it.
 """
 
 import os
@@ -67,6 +73,9 @@ def _define_flags():
       batch=flags.DEFINE_integer("batch", None, "Global batch (default: train.batch_size)."),
       remat=flags.DEFINE_multi_string(
           "remat", [], "backbone.remat_policy: none | full | a jax.checkpoint_policies name. "
+          "Repeat for several rows."),
+      accum=flags.DEFINE_multi_integer(
+          "accum", [], "train.grad_accum_steps: microbatches per step (default: the config's). "
           "Repeat for several rows."),
       scan_layers=flags.DEFINE_bool("scan_layers", None, "Override backbone.scan_layers."),
       budget_gib=flags.DEFINE_float("budget_gib", 16.0, "Per-device memory to check against."))
@@ -136,6 +145,9 @@ def plan(config, num_devices: int, mesh_cfg=None, *, devices=None,
   Sizes are bytes per device. `peak` = arguments + temporaries + outputs not aliased to a
   donated argument: what must be resident at once, which is what a device's memory must hold.
   """
+  if config.model.backbone.attention != "xla":
+    config = config.copy_and_resolve_references()
+    config.model.backbone.attention = "xla"  # The fused kernels need their platform (docstring).
   config_check.validate(config)
   devices = list(devices if devices is not None else jax.devices("cpu"))
   if len(devices) < num_devices:
@@ -149,6 +161,7 @@ def plan(config, num_devices: int, mesh_cfg=None, *, devices=None,
   if global_batch % sharding.batch_divisor(mesh):
     raise ValueError(f"global batch {global_batch} is not divisible by the data x fsdp mesh size "
                      f"{sharding.batch_divisor(mesh)}")
+  config_check.check_microbatches(config, sharding.batch_divisor(mesh))
 
   compiled, state, lower_s, compile_s = compile_train_step(config, mesh, global_batch)
   mem = compiled.memory_analysis()
@@ -162,6 +175,7 @@ def plan(config, num_devices: int, mesh_cfg=None, *, devices=None,
       "mesh": dict(mesh.shape),
       "global_batch": global_batch,
       "per_device_batch": global_batch // sharding.batch_divisor(mesh),
+      "grad_accum_steps": config.train.grad_accum_steps,
       "remat": b.remat_policy,
       "scan_layers": bool(b.scan_layers),
       "dtype": b.dtype,
@@ -182,7 +196,7 @@ def plan(config, num_devices: int, mesh_cfg=None, *, devices=None,
   }
 
 
-HEADER = ("| config | devices | mesh d,f,t | batch/dev | remat | scan | dtype | params (M) "
+HEADER = ("| config | devices | mesh d,f,t | batch/dev | accum | remat | scan | dtype | params (M) "
           "| param GiB | opt GiB | EMA GiB | temp GiB | peak GiB | fits | compile s |")
 
 
@@ -191,7 +205,8 @@ def format_row(name: str, r: dict) -> str:
   m = r["mesh"]
   budget = f"{r['budget'] / GIB:g}"
   return (f"| {name} | {r['devices']} | {m['data']},{m['fsdp']},{m['tensor']} "
-          f"| {r['per_device_batch']} | {r['remat']} | {'on' if r['scan_layers'] else 'off'} "
+          f"| {r['per_device_batch']} | {r['grad_accum_steps']} | {r['remat']} "
+          f"| {'on' if r['scan_layers'] else 'off'} "
           f"| {r['dtype']} | {r['num_params'] / 1e6:.1f} | {gib(r['params'])} "
           f"| {gib(r['optimizer'])} | {gib(r['ema'])} | {gib(r['temp'])} | {gib(r['peak'])} "
           f"| {'yes' if r['fits'] else 'NO'} <= {budget} | {r['lower_s'] + r['compile_s']:.0f} |")
@@ -210,12 +225,15 @@ def main(argv):
     config.model.backbone.scan_layers = f["scan_layers"]
   meshes = [parse_mesh(m) for m in f["mesh"]] or [dict(config.sharding.mesh)]
   remats = f["remat"] or [config.model.backbone.remat_policy]
+  accums = f["accum"] or [config.train.grad_accum_steps]
   print(HEADER, flush=True)
   for mesh_cfg in meshes:
-    for remat in remats:
-      config.model.backbone.remat_policy = remat
-      result = plan(config, f["devices"], mesh_cfg, budget_gib=f["budget_gib"])
-      print(format_row(name, result), flush=True)
+    for accum in accums:
+      for remat in remats:
+        config.model.backbone.remat_policy = remat
+        config.train.grad_accum_steps = accum
+        result = plan(config, f["devices"], mesh_cfg, budget_gib=f["budget_gib"])
+        print(format_row(name, result), flush=True)
 
 
 if __name__ == "__main__":

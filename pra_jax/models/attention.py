@@ -1,0 +1,116 @@
+"""The causal self-attention kernels behind model.backbone.attention, and the check that the one
+chosen runs on this platform (called at config check and model build, before anything compiles).
+
+  xla     jax.nn.dot_product_attention lowered by XLA: any platform; the [B, H, L, L] logits
+          (and, in training, their softmax) live in memory.
+  cudnn   cuDNN's fused flash attention (NVIDIA GPUs, bfloat16 / float16 compute): the logits
+          never reach memory and the masked half of the causal square is skipped.
+  splash  Pallas splash attention with a causal block mask (TPU): the same, in 128-wide tiles.
+
+Dimension legend: B batch, L tokens, H heads, K head dim.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pra_jax.models import layers
+
+IMPLEMENTATIONS = ("xla", "cudnn", "splash")
+SPLASH_TILE = 128  # Splash's tiles are multiples of the TPU's 128 lanes, so L must be too.
+
+
+def _platform() -> tuple[str, str]:
+  """('cpu' | 'gpu' | 'tpu', the backend's version string, which tells CUDA from ROCm)."""
+  device = jax.devices()[0]
+  return device.platform, getattr(device.client, "platform_version", "")
+
+
+def check(cfg, seq_len: int) -> None:
+  """Raises one clear ValueError if backbone config `cfg`'s attention cannot run here.
+
+  `seq_len`: the training sequence, class tokens + N - 1 patch inputs.
+  """
+  name = cfg.attention
+  if name not in IMPLEMENTATIONS:
+    raise ValueError(f"config model.backbone.attention={name!r} is not one of {IMPLEMENTATIONS}")
+  if name == "xla":
+    return
+  platform, version = _platform()
+  where = f"this platform is {platform!r}" + (f" ({version})" if version else "")
+  head_dim = cfg.width // cfg.num_heads
+  if name == "cudnn":
+    if platform != "gpu" or "rocm" in version.lower():
+      raise ValueError(f"config model.backbone.attention='cudnn' needs an NVIDIA GPU, but "
+                       f"{where}; use 'xla'" + (" or 'splash'" if platform == "tpu" else ""))
+    if cfg.dtype not in ("bfloat16", "float16"):
+      raise ValueError(f"config model.backbone.attention='cudnn' runs in bfloat16 or float16, "
+                       f"but model.backbone.dtype={cfg.dtype!r}")
+    # cuDNN's flash kernel: head dims a multiple of 8, up to 128 (256 from Hopper on).
+    capability = float(getattr(jax.devices()[0], "compute_capability", "0") or 0)
+    max_dim = 256 if capability >= 9.0 else 128
+    if head_dim % 8 or head_dim > max_dim:
+      raise ValueError(f"config model.backbone.attention='cudnn' needs a head dim that is a "
+                       f"multiple of 8 and at most {max_dim} on this GPU, but width/num_heads = "
+                       f"{head_dim}")
+  if name == "splash":
+    if platform != "tpu":
+      raise ValueError(f"config model.backbone.attention='splash' is a TPU kernel, but {where}; "
+                       f"use 'xla'" + (" or 'cudnn'" if platform == "gpu" else ""))
+    if seq_len % SPLASH_TILE:
+      raise ValueError(f"config model.backbone.attention='splash' needs a sequence length that "
+                       f"is a multiple of {SPLASH_TILE}, but class tokens + patches - 1 = "
+                       f"{seq_len}")
+
+
+def xla(q_BLHK, k_BLHK, v_BLHK):
+  return jax.nn.dot_product_attention(q_BLHK, k_BLHK, v_BLHK, is_causal=True)
+
+
+def cudnn(q_BLHK, k_BLHK, v_BLHK):
+  # RoPE and qk-norm keep the compute dtype, which check() made bf16 / f16; the kernel wants
+  # all three alike.
+  dtype = q_BLHK.dtype
+  return jax.nn.dot_product_attention(q_BLHK, k_BLHK.astype(dtype), v_BLHK.astype(dtype),
+                                      is_causal=True, implementation="cudnn")
+
+
+def _splash_local(q_BLHK, k_BLHK, v_BLHK, *, interpret: bool):
+  """Splash on one device's shard: the kernel takes [H, L, K] per example, unscaled logits."""
+  from jax.experimental.pallas.ops.tpu import splash_attention as sa  # TPU-only module.
+
+  _, l, h, k = q_BLHK.shape
+  tile = max(t for t in (512, 256, SPLASH_TILE) if l % t == 0)
+  blocks = sa.BlockSizes(block_q=tile, block_kv=tile, block_kv_compute=tile, block_q_dkv=tile,
+                         block_kv_dkv=tile, block_kv_dkv_compute=tile, block_q_dq=tile,
+                         block_kv_dq=tile)
+  kernel = sa.make_splash_mha(sa.MultiHeadMask([sa.CausalMask((l, l))] * h), block_sizes=blocks,
+                              head_shards=1, q_seq_shards=1, interpret=interpret)
+  heads_first = lambda a: jnp.swapaxes(a, 1, 2)
+  q = q_BLHK * jnp.asarray(1.0 / np.sqrt(k), q_BLHK.dtype)
+  out_BHLK = jax.vmap(kernel)(heads_first(q), heads_first(k_BLHK.astype(q.dtype)),
+                              heads_first(v_BLHK.astype(q.dtype)))
+  return heads_first(out_BHLK)
+
+
+def splash(q_BLHK, k_BLHK, v_BLHK):
+  if q_BLHK.shape[1] % SPLASH_TILE:
+    raise ValueError(f"splash attention needs a sequence length that is a multiple of "
+                     f"{SPLASH_TILE}, got {q_BLHK.shape[1]}")
+  # Off TPU only tests get here (check() refuses it): Pallas then interprets the kernel.
+  local = lambda q, k, v: _splash_local(q, k, v, interpret=jax.default_backend() != "tpu")
+  spec = layers.logical_spec(q_BLHK.shape, ("act_batch", None, "heads", None))
+  if spec is None:
+    return local(q_BLHK, k_BLHK, v_BLHK)
+  # A Pallas call has no partitioning rule for GSPMD: run it per shard (batch over data x
+  # fsdp, heads over tensor), where attention needs nothing from other devices.
+  return jax.shard_map(local, mesh=jax.sharding.get_abstract_mesh(), in_specs=(spec,) * 3,
+                       out_specs=spec, check_vma=False)(q_BLHK, k_BLHK, v_BLHK)
+
+
+KERNELS = {"xla": xla, "cudnn": cudnn, "splash": splash}
+
+
+def causal(q_BLHK, k_BLHK, v_BLHK, implementation: str):
+  """Causal attention of [B, L, H, K] queries, keys and values by the named kernel."""
+  return KERNELS[implementation](q_BLHK, k_BLHK, v_BLHK)
