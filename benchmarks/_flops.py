@@ -73,13 +73,20 @@ def xla_flops(config, batch: int) -> float:
   return float(cost.get("flops", float("nan"))) if cost else float("nan")
 
 
-def measure(config, steps: int, matmul: int, cross_check: bool = True) -> dict:
-  """Times the train step and a square jnp.dot, interleaved; returns the figures of the line."""
+def measure(config, steps: int, matmul: int, cross_check: bool = True,
+            sweep_sizes=None) -> dict:
+  """Times the train step and a square jnp.dot, interleaved; returns the figures of the line.
+
+  With sweep_sizes, C.matmul_peak_sweep runs first, before the step is built, and its best
+  rate is the peak that MFU divides by ('peak_source': 'sweep'); without, the interleaved
+  jnp.dot is ('interleaved'). Both rates are returned either way when the sweep runs.
+  """
   batch = config.train.batch_size
+  dtype = layers.dtype_of(config.model.backbone.dtype)
+  sweep = C.matmul_peak_sweep(sweep_sizes, dtype) if sweep_sizes else None
   step = C.TrainStep(config)
   data = step.put(C.synthetic_batch(config, batch))
   step.compile(data)
-  dtype = layers.dtype_of(config.model.backbone.dtype)
   a = jax.random.normal(jax.random.key(0), (matmul, matmul), dtype)
   b = jax.random.normal(jax.random.key(1), (matmul, matmul), dtype)
   dot = jax.jit(jnp.dot)
@@ -91,9 +98,11 @@ def measure(config, steps: int, matmul: int, cross_check: bool = True) -> dict:
     step_s += step.time(data, 1, warmup=0)
   flops = train_step_flops(config, batch)
   step_t, dot_t = C.median(step_s), C.median(dot_s)
-  peak = 2 * matmul ** 3 / dot_t
+  interleaved = 2 * matmul ** 3 / dot_t
+  peak = sweep["best"] if sweep else interleaved
   achieved = flops["total"] / step_t
   return {"flops": flops, "xla_flops": xla_flops(config, batch) if cross_check else None,
-          "step_s": step_t, "peak": peak,
+          "step_s": step_t, "peak": peak, "peak_source": "sweep" if sweep else "interleaved",
+          "interleaved_dot": interleaved, "sweep": sweep,
           "achieved": achieved, "mfu": achieved / peak, "images_per_s": batch / step_t,
           "batch": batch, "dtype": config.model.backbone.dtype}

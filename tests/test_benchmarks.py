@@ -15,7 +15,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # compiles mostly on one core): bench_input_pipeline starts last and finds the tiny train step
 # that bench_mfu compiled in the shared cache.
 SCRIPTS = {
-    "bench_mfu": ("GFLOP/step", "XLA cost_analysis", "MFU", "target >= 40%"),
+    "bench_mfu": ("GFLOP/step", "XLA cost_analysis", "jnp.dot sweep alone best", "interleaved",
+                  "MFU", "target >= 40%"),
     "bench_compile": ("scan_layers on", "off:", "unrolled/scanned"),
     "bench_input_modes": ("teacher", "1.00x", "pra", "target <= 1.10x"),
     "bench_sampler": ("kv-cache", "full recompute", "per token", "target flat within 1.5x"),
