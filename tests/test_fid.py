@@ -295,9 +295,10 @@ model = Stand()
 images = np.random.default_rng(0).integers(0, 256, (7, 12, 10, 3), dtype=np.uint8)
 mesh = fid.data_mesh()
 assert mesh.shape["data"] == 2
-batch = jax.device_put(images[:4], jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
-out = inception.make_extractor(model, mesh)(batch)
-assert out.pool.sharding.spec[0] == "data" and len(out.pool.sharding.device_set) == 2, out.pool.sharding
+sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+out = inception.make_extractor(model, mesh)(jax.device_put(images[:4], sharding))
+assert out.pool.sharding.spec[0] == "data", out.pool.sharding  # Split, not gathered.
+assert len(out.pool.sharding.device_set) == 2, out.pool.sharding
 pool, spatial, logits = fid.run_inception(images, model, batch_size=3)  # 3 -> 4: 2 batches.
 want = model(inception.preprocess(jnp.asarray(images)))
 for got, ref in ((pool, want.pool), (spatial, want.spatial), (logits, want.logits_unbiased)):

@@ -23,7 +23,8 @@ def _define_flags():
                                        f"Inception weights .npz. {inception.WEIGHTS_HOWTO}"),
       "out": flags.DEFINE_string("out", None, "Where to write the reference .npz."),
       "num_pr_images": flags.DEFINE_integer(
-          "num_pr_images", 10000, "Images kept as arr_0 for precision/recall (ADM: 10k; 0 = none)."),
+          "num_pr_images", 10000,
+          "Images kept as arr_0 for precision/recall (ADM: 10k; 0 = none)."),
       "batch_size": flags.DEFINE_integer("batch_size", 200,
                                          "Images per Inception batch, over all local devices."),
       "seed": flags.DEFINE_integer("seed", 0, "Seed of the arr_0 subset."),
