@@ -52,8 +52,9 @@ def _stamp(path: str) -> tuple:
 @functools.lru_cache(maxsize=1)
 def _reference_and_model(ref_stamp: tuple, inception_stamp: tuple, batch_size: int):
   """(completed reference, model, weights sha256), kept across trainer evals."""
+  ref = fid.load_reference(ref_stamp[0])  # A bad reference fails before the weights load.
   model = inception.load_inception(inception_stamp[0])
-  ref = fid.complete_reference(fid.load_reference(ref_stamp[0]), model, batch_size)
+  ref = fid.complete_reference(ref, model, batch_size)
   return ref, model, file_sha256(inception_stamp[0])
 
 
