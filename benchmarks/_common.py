@@ -104,3 +104,23 @@ class TrainStep:
 
   def time(self, batch, n: int, warmup: int = 1) -> list[float]:
     return time_calls(lambda: self(batch), n, warmup)
+
+
+def matmul_peak_sweep(sizes=(512, 1024, 2048, 3072, 4096), dtype=jnp.float32,
+                      repeats: int = 3) -> dict:
+  """Best FLOP/s of a square jnp.dot over several sizes, each timed alone (best of `repeats`).
+
+  The peak for a utilisation figure: run it before anything else is built, since a product
+  timed between other work reads low (on 2 CPU cores, 2048^2 interleaved with a train step
+  reads ~133 GFLOP/s against 180-260 alone). Returns {'best': FLOP/s, 'size': its side,
+  'rates': {side: FLOP/s}}.
+  """
+  dot = jax.jit(jnp.dot)
+  rates = {}
+  for n in sizes:
+    a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+    b = jax.random.normal(jax.random.key(1), (n, n), dtype)
+    rates[n] = 2 * n ** 3 / min(time_calls(lambda: dot(a, b), repeats, warmup=1))
+    del a, b
+  size = max(rates, key=rates.get)
+  return {"best": rates[size], "size": size, "rates": rates}

@@ -1,5 +1,5 @@
-"""The train step's analytic FLOPs, and its measured rate beside jnp.dot's, for bench_mfu and
-bench_input_pipeline.
+"""The train step's and the sampler's analytic FLOPs, and the step's measured rate beside
+jnp.dot's, for bench_mfu, bench_input_pipeline and project_sampling.
 
 What `train_step_flops` counts: matrix multiplies only (2 FLOPs per multiply-add) of every
 dense layer, the attention scores and the attention-weighted values over the full L x L square
@@ -31,16 +31,12 @@ def train_step_flops(config, batch: int) -> dict[str, float]:
   seq = b.num_class_tokens + n - 1                 # Tokens through the backbone.
   width, mlp = b.width, int(b.width * b.mlp_ratio)
   gated = 3 if b.mlp_type == "swiglu" else 2
-  z = p if m.direct_pixel else s.dim
 
   per_layer = seq * (2 * 4 * width ** 2 + 2 * gated * width * mlp) + 2 * 2 * seq * seq * width
   backbone = batch * (2 * (n - 1) * p * width + b.depth * per_layer)
-  w = h.width
-  head_row = 2 * (256 * w + w * w + width * w + z * w + h.depth * 5 * w * w + 2 * w * w + w * z)
+  head_row, dec_row = _head_row(config), _decoder_row(config)
   head = batch * n * h.num_draws * head_row
   enc_row = 2 * (p * s.width + s.depth * 2 * s.width ** 2 + s.width * s.dim)
-  dec_row = 2 * (s.dim * s.width + s.depth * 2 * s.width ** 2 + s.width * p
-                 + (width * s.width if s.decoder_context else 0))
   encoder = 0 if m.direct_pixel else batch * n * enc_row
   decoder = 0 if m.direct_pixel else batch * n * dec_row
 
@@ -61,6 +57,55 @@ def train_step_flops(config, batch: int) -> dict[str, float]:
   return out
 
 
+def _head_row(config) -> float:
+  """One head evaluation for one position: time MLP, condition and input projections, the AdaLN
+  blocks (modulation 3w^2, two w^2 layers), the final modulation and output."""
+  m = config.model
+  w, width = m.head.width, m.backbone.width
+  z = m.patch_size ** 2 * config.data.channels if m.direct_pixel else m.state.dim
+  return 2 * (256 * w + w * w + width * w + z * w + m.head.depth * 5 * w * w + 2 * w * w + w * z)
+
+
+def _decoder_row(config) -> float:
+  """The pixel decoder G for one position (0 without a state)."""
+  m, s = config.model, config.model.state
+  if m.direct_pixel:
+    return 0.0
+  p = m.patch_size ** 2 * config.data.channels
+  return 2 * (s.dim * s.width + s.depth * 2 * s.width ** 2 + s.width * p
+              + (m.backbone.width * s.width if s.decoder_context else 0))
+
+
+def sample_flops(config, num_steps: int | None = None, solver: str | None = None,
+                 cfg: float | None = None) -> dict[str, float]:
+  """Analytic FLOPs of generating one image with the KV-cached sampler, by component.
+
+  Counted as the sampler computes it (sampler.rollout), matmuls only: the backbone runs the
+  class tokens (prefill) and N - 1 patch tokens, each through every layer's dense layers and
+  attention against the whole cache buffer of C + N - 1 slots (masked, not skipped), on 2 rows
+  with CFG (conditional and null class); the head runs N positions x num_steps ODE steps x
+  (1 evaluation per Euler step, 2 per Heun step), also on 2 rows with CFG; the decoder turns
+  each of the N states into pixels once (the conditional row only). Defaults: config.sample.
+  """
+  sp, m = config.sample, config.model
+  b = m.backbone
+  num_steps = sp.num_steps if num_steps is None else num_steps
+  solver = sp.solver if solver is None else solver
+  rows = 2 if (sp.cfg if cfg is None else cfg) != 1.0 else 1
+  n = (config.data.image_size // m.patch_size) ** 2
+  p = m.patch_size ** 2 * config.data.channels
+  width, mlp = b.width, int(b.width * b.mlp_ratio)
+  gated = 3 if b.mlp_type == "swiglu" else 2
+  cache_len = b.num_class_tokens + n - 1
+  per_token = b.depth * (2 * (4 * width ** 2 + gated * width * mlp) + 2 * 2 * cache_len * width)
+  backbone = rows * (cache_len * per_token + (n - 1) * 2 * p * width)
+  evals = num_steps * (2 if solver == "heun" else 1)
+  out = {"backbone": backbone, "head": rows * n * evals * _head_row(config),
+         "decoder": n * _decoder_row(config)}
+  out["total"] = sum(out.values())
+  return out
+
+
 def xla_flops(config, batch: int) -> float:
   """XLA's FLOP count of the same train step, compiled with the layer stack unrolled: its
   cost analysis counts a while loop's body once, so a scanned stack would count one layer."""
@@ -73,13 +118,20 @@ def xla_flops(config, batch: int) -> float:
   return float(cost.get("flops", float("nan"))) if cost else float("nan")
 
 
-def measure(config, steps: int, matmul: int, cross_check: bool = True) -> dict:
-  """Times the train step and a square jnp.dot, interleaved; returns the figures of the line."""
+def measure(config, steps: int, matmul: int, cross_check: bool = True,
+            sweep_sizes=None) -> dict:
+  """Times the train step and a square jnp.dot, interleaved; returns the figures of the line.
+
+  With sweep_sizes, C.matmul_peak_sweep runs first, before the step is built, and its best
+  rate is the peak that MFU divides by ('peak_source': 'sweep'); without, the interleaved
+  jnp.dot is ('interleaved'). Both rates are returned either way when the sweep runs.
+  """
   batch = config.train.batch_size
+  dtype = layers.dtype_of(config.model.backbone.dtype)
+  sweep = C.matmul_peak_sweep(sweep_sizes, dtype) if sweep_sizes else None
   step = C.TrainStep(config)
   data = step.put(C.synthetic_batch(config, batch))
   step.compile(data)
-  dtype = layers.dtype_of(config.model.backbone.dtype)
   a = jax.random.normal(jax.random.key(0), (matmul, matmul), dtype)
   b = jax.random.normal(jax.random.key(1), (matmul, matmul), dtype)
   dot = jax.jit(jnp.dot)
@@ -91,9 +143,11 @@ def measure(config, steps: int, matmul: int, cross_check: bool = True) -> dict:
     step_s += step.time(data, 1, warmup=0)
   flops = train_step_flops(config, batch)
   step_t, dot_t = C.median(step_s), C.median(dot_s)
-  peak = 2 * matmul ** 3 / dot_t
+  interleaved = 2 * matmul ** 3 / dot_t
+  peak = sweep["best"] if sweep else interleaved
   achieved = flops["total"] / step_t
   return {"flops": flops, "xla_flops": xla_flops(config, batch) if cross_check else None,
-          "step_s": step_t, "peak": peak,
+          "step_s": step_t, "peak": peak, "peak_source": "sweep" if sweep else "interleaved",
+          "interleaved_dot": interleaved, "sweep": sweep,
           "achieved": achieved, "mfu": achieved / peak, "images_per_s": batch / step_t,
           "batch": batch, "dtype": config.model.backbone.dtype}

@@ -1,5 +1,6 @@
-"""Scores a sample batch: FID / IS / precision / recall against an ADM reference batch, or the
-digits demo's own metrics. Prints the metrics and writes them beside the samples.
+"""Scores a sample batch: FID / sFID / IS / precision / recall against an ADM reference batch,
+by ADM's evaluator's rules, or the digits demo's own metrics. Prints the metrics and writes
+them beside the samples.
 
   python -m pra_jax.evaluate --samples=samples.npz --ref=VIRTUAL_imagenet256_labeled.npz \
       --inception=inception_fid.npz   # -> samples.metrics.json
@@ -50,34 +51,43 @@ def _stamp(path: str) -> tuple:
 
 @functools.lru_cache(maxsize=1)
 def _reference_and_model(ref_stamp: tuple, inception_stamp: tuple, batch_size: int):
-  """(reference stats and pool features, model, weights sha256), kept across trainer evals."""
-  ref = fid.load_reference(ref_stamp[0])
+  """(completed reference, model, weights sha256), kept across trainer evals."""
+  ref = fid.load_reference(ref_stamp[0])  # A bad reference fails before the weights load.
   model = inception.load_inception(inception_stamp[0])
-  if "images" in ref:
-    ref["pool"] = fid.run_inception(ref.pop("images"), model, batch_size)[0]
+  ref = fid.complete_reference(ref, model, batch_size)
   return ref, model, file_sha256(inception_stamp[0])
 
 
 def evaluate_inception(samples, labels, ref_path: str, inception_path: str,
-                       batch_size: int = 200, is_splits: int = 10) -> dict:
-  """FID, IS, precision and recall (k=3) of uint8 NHWC samples, as ADM's evaluator scores them.
+                       batch_size: int = 200, is_split_size: int = fid.IS_SPLIT_SIZE,
+                       pr_distances: str = "float16_adm") -> dict:
+  """FID, sFID, IS and precision/recall (k=3) of uint8 NHWC samples, by ADM's evaluator's rules.
 
   labels are accepted for a uniform call site and unused: these metrics are unconditional.
-  precision and recall are left out when the reference batch has no arr_0 images. The
-  weights and the reference's features are reused by later calls with the same files.
+  sFID needs mu_s/sigma_s or arr_0 in the reference, precision and recall its arr_0; what
+  cannot be computed is left out with a warning. The weights and the reference's features
+  are reused by later calls with the same files.
   """
   del labels
+  fid.check_pr_distances(pr_distances)
   samples = fid.check_images(samples, "samples")
   ref, model, sha256 = _reference_and_model(_stamp(ref_path), _stamp(inception_path), batch_size)
-  pool, logits = fid.run_inception(samples, model, batch_size)
+  pool, spatial, logits = fid.run_inception(samples, model, batch_size)
   metrics = {
       "fid": fid.fid_from_features(pool, ref["mu"], ref["sigma"]),
-      "inception_score": fid.inception_score(logits, min(is_splits, len(samples))),
+      "inception_score": fid.inception_score(logits, is_split_size),
       "num_images": int(samples.shape[0]),
       "inception_sha256": sha256,
   }
+  if "mu_s" in ref:
+    metrics["sfid"] = fid.fid_from_features(spatial, ref["mu_s"], ref["sigma_s"])
+  else:
+    logging.warning("reference batch %s has neither mu_s/sigma_s nor arr_0 images: no sFID",
+                    ref_path)
   if "pool" in ref:
-    metrics["precision"], metrics["recall"] = fid.precision_recall(ref["pool"], pool, k=3)
+    metrics["precision"], metrics["recall"] = fid.precision_recall(
+        ref["pool"], pool, k=3, distances=pr_distances)
+    metrics["pr_distances"] = pr_distances
   else:
     logging.warning("reference batch %s has no arr_0 images: no precision/recall", ref_path)
   return metrics
@@ -98,12 +108,20 @@ def _define_flags():
                                    "inception: FID/IS/precision/recall against --ref; digits: "
                                    "the demo's judge (pra_jax.metrics.digits)."),
       "ref": flags.DEFINE_string("ref", None,
-                                 "ADM reference batch .npz (mu, sigma; arr_0 for precision/recall)."),
+                                 "ADM reference batch .npz: mu, sigma, mu_s, sigma_s and arr_0 "
+                                 "(precision/recall); stats it lacks come from its arr_0."),
       "inception": flags.DEFINE_string("inception", None,
                                        f"Inception weights .npz. {inception.WEIGHTS_HOWTO}"),
       "batch_size": flags.DEFINE_integer("batch_size", 200,
                                          "Images per Inception batch, over all local devices."),
-      "is_splits": flags.DEFINE_integer("is_splits", 10, "Inception Score splits (ADM: 10 of 5k)."),
+      "is_split_size": flags.DEFINE_integer(
+          "is_split_size", fid.IS_SPLIT_SIZE,
+          "Inception Score parts of this many consecutive images, the last one what is left "
+          "(ADM's rule: 5000)."),
+      "pr_distances": flags.DEFINE_enum(
+          "pr_distances", "float16_adm", list(fid.PR_DISTANCES),
+          "Precision/recall distances: float16_adm = ADM's shipped evaluator (float16 first, "
+          "float32 for a block that overflows; reads 0.4-2 points higher), float32 = exact."),
       "cache_dir": flags.DEFINE_string("cache_dir", None,
                                        "Digits judge cache; default: the samples' folder."),
   }
@@ -118,12 +136,14 @@ def main(argv):
   f = {k: v.value for k, v in _FLAGS.items()}
   if not f["samples"]:
     raise app.UsageError("--samples is required")
+  if f["is_split_size"] < 1:
+    raise app.UsageError(f"--is_split_size must be >= 1, got {f['is_split_size']}")
   images, labels = load_samples(f["samples"])
   if f["metrics"] == "inception":
     if not f["ref"] or not f["inception"]:
       raise app.UsageError("--metrics=inception needs --ref and --inception")
     metrics = evaluate_inception(images, labels, f["ref"], f["inception"], f["batch_size"],
-                                 f["is_splits"])
+                                 f["is_split_size"], f["pr_distances"])
   else:
     digits = importlib.import_module("pra_jax.metrics.digits")  # Only this branch needs it.
     cache_dir = f["cache_dir"] or os.path.dirname(os.path.abspath(f["samples"]))

@@ -15,7 +15,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # compiles mostly on one core): bench_input_pipeline starts last and finds the tiny train step
 # that bench_mfu compiled in the shared cache.
 SCRIPTS = {
-    "bench_mfu": ("GFLOP/step", "XLA cost_analysis", "MFU", "target >= 40%"),
+    "bench_mfu": ("GFLOP/step", "XLA cost_analysis", "jnp.dot sweep alone best", "interleaved",
+                  "MFU", "target >= 40%"),
     "bench_compile": ("scan_layers on", "off:", "unrolled/scanned"),
     "bench_input_modes": ("teacher", "1.00x", "pra", "target <= 1.10x"),
     "bench_sampler": ("kv-cache", "full recompute", "per token", "target flat within 1.5x"),
@@ -49,3 +50,31 @@ def test_benchmark_runs_quick(script, runs):
   for piece in SCRIPTS[script]:
     assert piece in lines[0], (piece, lines[0])
   assert "nan" not in lines[0].lower(), lines[0]
+
+
+def test_sampler_flops_and_the_projection_are_counted_not_typed():
+  sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+  try:
+    import _flops
+    import project_sampling
+  finally:
+    sys.path.remove(os.path.join(REPO, "benchmarks"))
+  from configs import pra_l
+
+  config = pra_l.get_config()
+  f = _flops.sample_flops(config)
+  # The KV-cached backbone does the teacher-forced forward's work (every token through every
+  # layer, attention over the full C + N - 1 square), on 2 rows with CFG, 1 without.
+  forward = _flops.train_step_flops(config, 1)["backbone"] / 3
+  assert f["backbone"] == pytest.approx(2 * forward)
+  assert _flops.sample_flops(config, cfg=1.0)["backbone"] == pytest.approx(forward)
+  # Head: N positions x steps x (2 evaluations per Heun step), 2 rows with CFG.
+  assert _flops.sample_flops(config, num_steps=10)["head"] == pytest.approx(f["head"] / 5)
+  assert _flops.sample_flops(config, solver="heun")["head"] == pytest.approx(2 * f["head"])
+  assert _flops.sample_flops(config, cfg=1.0)["head"] == pytest.approx(f["head"] / 2)
+  flops, rows = project_sampling.projection(config, 0.4, 50_000)
+  for name, chips, peak, seconds in rows:
+    assert seconds == pytest.approx(50_000 * flops["total"] / (chips * peak * 0.4))
+  assert [r[:2] for r in rows] == [("8x H100 SXM", 8), ("TPU v5p-64 (32 chips)", 32)]
+  with pytest.raises(ValueError, match=r"utilisation must be in \(0, 1\], got 1.5"):
+    project_sampling.projection(config, 1.5, 50_000)

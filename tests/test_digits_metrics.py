@@ -74,6 +74,17 @@ def test_fd_grows_with_noise(judge):
   assert all(a < b for a, b in zip(fds, fds[1:])), fds
 
 
+def test_fd_raises_no_singular_matrix_warning(judge):
+  # At 16px one of the judge's 64 GELU features is dead (constant over the digits), so both
+  # covariances are singular; sqrtm of their product warned "Matrix is singular" in the demo,
+  # evaluate and these tests. The trace-of-sqrt formulation is exact there and silent.
+  images, labels = judge.train[0][:500], judge.train[1][:500]
+  with warnings.catch_warnings():
+    warnings.simplefilter("error", RuntimeWarning)
+    fd = digits.evaluate_digits(images, labels, judge.cache_dir)["digits_fd"]
+  assert 0.0 < fd < 10.0
+
+
 def test_cache_is_written_once_and_reused(judge):
   path = digits.cache_path(judge.cache_dir, judge.size)
   assert os.path.isfile(path)

@@ -1,4 +1,5 @@
-"""FID / IS / precision-recall behaviour, batching, file errors and the evaluate CLI.
+"""FID / sFID / IS / precision-recall by ADM's evaluator's rules, batching, reference batches,
+file errors and the evaluate and reference CLIs.
 
 Inception runs with random weights (no download possible): the checks are on behaviour that
 holds for any network, e.g. FID of a set against itself is 0 and grows as noise is added.
@@ -10,6 +11,7 @@ import os
 import subprocess
 import sys
 import types
+import warnings
 
 import numpy as np
 import pytest
@@ -53,6 +55,27 @@ def test_frechet_distance_matches_pytorch_fid(monkeypatch):
   assert abs(ours - ref) <= 1e-6 * abs(ref)
 
 
+def test_frechet_distance_is_exact_and_silent_for_singular_covariances():
+  # A dead feature (constant in both sets, as the 16px digits judge has one) makes both
+  # covariances singular: the distance is then the one over the live features plus the squared
+  # gap of the constants. sqrtm of the product warned "Matrix is singular" here.
+  rng = np.random.default_rng(3)
+  mix = rng.normal(size=(8, 8))
+  f1, f2 = rng.normal(size=(300, 8)) @ mix, rng.normal(size=(200, 8)) @ mix * 1.2 + 0.3
+  live = fid.frechet_distance(*fid.feature_statistics(f1), *fid.feature_statistics(f2))
+  dead1 = np.concatenate([f1, np.full((300, 1), 0.25)], axis=1)
+  dead2 = np.concatenate([f2, np.full((200, 1), -0.5)], axis=1)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    got = fid.frechet_distance(*fid.feature_statistics(dead1), *fid.feature_statistics(dead2))
+    # Fewer samples than dims (rank 5 of 8): equal to the exact n x n route of fid_from_features.
+    few = f1[:6]
+    mu, sigma = fid.feature_statistics(f2)
+    lowrank = fid.frechet_distance(*fid.feature_statistics(few), mu, sigma)
+  assert got == pytest.approx(live + 0.75 ** 2, rel=1e-9)
+  assert lowrank == pytest.approx(fid.fid_from_features(few, mu, sigma), rel=1e-9)
+
+
 @pytest.mark.parametrize("n", [12, 60])  # n <= d: the n x n path; n > d: frechet_distance.
 def test_fid_from_features_equals_frechet_distance(n):
   rng = np.random.default_rng(n)
@@ -67,28 +90,69 @@ def test_fid_is_zero_on_itself_and_grows_with_noise(model):
   noise = np.random.default_rng(1).normal(size=clean.shape)
   levels = [0.0, 8.0, 24.0, 64.0]
   noisy = np.concatenate([np.clip(clean + s * noise, 0, 255).astype(np.uint8) for s in levels])
-  pool, _ = fid.run_inception(noisy, model, BATCH)
-  sets = np.split(pool, len(levels))
-  mu, sigma = fid.feature_statistics(sets[0])
-  fids = [fid.fid_from_features(s, mu, sigma) for s in sets]
-  print("FID by noise level:", dict(zip(levels, fids)))
-  assert abs(fids[0]) < 1e-6 * np.trace(sigma)
-  assert all(a < b for a, b in zip(fids, fids[1:])), fids
+  pool, spatial, _ = fid.run_inception(noisy, model, BATCH)
+  assert pool.shape == (len(noisy), 2048) and spatial.shape == (len(noisy), 17 * 17 * 7)
+  for name, feats in (("FID", pool), ("sFID", spatial)):
+    sets = np.split(feats, len(levels))
+    mu, sigma = fid.feature_statistics(sets[0])
+    fids = [fid.fid_from_features(s, mu, sigma) for s in sets]
+    print(f"{name} by noise level:", dict(zip(levels, fids)))
+    assert abs(fids[0]) < 1e-6 * np.trace(sigma)
+    assert all(a < b for a, b in zip(fids, fids[1:])), (name, fids)
 
 
 # ----------------------------------------------------------------------------- IS
 
 def test_inception_score_of_one_repeated_image_is_one(model):
   images = np.repeat(_smooth_images(1, seed=3), BATCH, axis=0)
-  _, logits = fid.run_inception(images, model, BATCH)
-  assert fid.inception_score(logits, splits=2) == pytest.approx(1.0, abs=1e-5)
+  _, _, logits = fid.run_inception(images, model, BATCH)
+  assert fid.inception_score(logits, split_size=2) == pytest.approx(1.0, abs=1e-5)
+
+
+def _confident_logits(classes) -> np.ndarray:
+  logits = np.full((len(classes), 1008), -30.0)
+  logits[np.arange(len(classes)), classes] = 30.0
+  return logits
+
+
+@pytest.mark.parametrize("n, want", [
+    (10_000, 5.0),   # Parts of 5000 hold 5 classes each; 10 splits of 1000 would hold 1 (IS 1).
+    (1_000, 1.0),    # One part of 1000 (ADM) holding a single class.
+    (12_000, 4.0),   # Parts 5000, 5000, 2000: 5, 5 and 2 classes.
+])
+def test_inception_score_uses_adms_parts_of_5000(n, want):
+  # Images sorted by class, 1000 per class: a part's score is its number of classes.
+  assert fid.IS_SPLIT_SIZE == 5000
+  assert fid.inception_score(_confident_logits(np.arange(n) // 1000)) == pytest.approx(want)
+
+
+def _adm_inception_score(logits, split_size=5000):
+  """ADM's formula spelled out: float32 softmax, then log of the part and of its mean."""
+  z = logits.astype(np.float32)
+  e = np.exp(z - z.max(axis=1, keepdims=True))
+  preds = e / e.sum(axis=1, keepdims=True)
+  scores = []
+  for i in range(0, len(preds), split_size):
+    part = preds[i:i + split_size]
+    kl = part * (np.log(part) - np.log(np.mean(part, 0, keepdims=True)))
+    scores.append(np.exp(np.mean(np.sum(kl, 1))))
+  return float(np.mean(scores))
+
+
+@pytest.mark.parametrize("n", [1_000, 10_000, 12_345])
+def test_inception_score_matches_adms_formula(n):
+  logits = np.random.default_rng(n).normal(size=(n, 1008)) * 6.0  # Confident, many classes.
+  ours = fid.inception_score(logits)
+  assert ours == pytest.approx(_adm_inception_score(logits), rel=1e-4)
+  # And it is not the fixed-10-splits rule, which at these counts reads far lower.
+  ten = np.mean([_adm_inception_score(p, len(p)) for p in np.array_split(logits, 10)])
+  assert ours > 1.1 * ten
 
 
 def test_inception_score_of_confident_distinct_classes_is_their_number():
-  logits = np.full((1000, 1008), -30.0)
-  logits[np.arange(1000), np.arange(1000) % 50] = 30.0  # 50 classes, 20 each, split-balanced.
+  logits = _confident_logits(np.arange(1000) % 50)
   assert fid.inception_score(logits) == pytest.approx(50.0, rel=1e-6)
-  assert fid.inception_score(logits, splits=1) == pytest.approx(50.0, rel=1e-6)
+  assert fid.inception_score(logits, split_size=1000) == pytest.approx(50.0, rel=1e-6)
 
 
 # ----------------------------------------------------------------------------- precision/recall
@@ -110,13 +174,76 @@ def test_precision_recall_matches_definition_across_blocks():
   want = _precision_recall_bruteforce(ref.astype(np.float64), smp.astype(np.float64))
   assert 0.05 < want[0] < 0.95 and 0.05 < want[1] < 0.95  # Neither trivially 0 nor 1.
   for block in (10000, 8):  # One block, and ragged padded blocks.
-    assert fid.precision_recall(ref, smp, k=3, block=block) == pytest.approx(want, abs=1e-12)
+    assert fid.precision_recall(ref, smp, k=3, block=block,
+                                distances="float32") == pytest.approx(want, abs=1e-12)
+
+
+def _adm_float16_distances(a, b):
+  """ADM's float16-first block distances, spelled out in numpy float16 (one rounding per op):
+  norms and a.b accumulated in float32 and rounded, as a float16 GEMM with float32
+  accumulation does; a block holding an inf is redone in float32."""
+  a16, b16 = a.astype(np.float16), b.astype(np.float16)
+  with np.errstate(over="ignore", invalid="ignore"):  # Overflow to inf is the point.
+    a2 = np.sum((a16 * a16).astype(np.float32), axis=1).astype(np.float16)[:, None]
+    b2 = np.sum((b16 * b16).astype(np.float32), axis=1).astype(np.float16)[None, :]
+    ab = (a16.astype(np.float32) @ b16.astype(np.float32).T).astype(np.float16)
+    d = np.maximum((a2 - np.float16(2) * ab) + b2, np.float16(0))
+  if np.isfinite(d).all():
+    return d.astype(np.float32)
+  a, b = a.astype(np.float32), b.astype(np.float32)
+  return np.maximum((a * a).sum(1)[:, None] - 2 * a @ b.T + (b * b).sum(1)[None, :], 0)
+
+
+def _precision_recall_adm16(ref, smp, k=3):
+  ref_r = np.sort(_adm_float16_distances(ref, ref), axis=1)[:, k]
+  smp_r = np.sort(_adm_float16_distances(smp, smp), axis=1)[:, k]
+  d = _adm_float16_distances(ref, smp)
+  return (d <= ref_r[:, None]).any(0).mean(), (d <= smp_r[None, :]).any(1).mean()
+
+
+def _clustered_features(seed: int, offset: float):
+  """Two overlapping clouds far from the origin: |a|^2 - 2 a.b + |b|^2 cancels ~offset^2 down
+  to distances ~1, so float16's rounding of the norms (spacing 8 at 1e4) decides membership."""
+  rng = np.random.default_rng(seed)
+  base = np.zeros(4, np.float32)
+  base[0] = offset
+  ref = (base + rng.normal(size=(60, 4))).astype(np.float32)
+  smp = (base + 0.3 + 1.1 * rng.normal(size=(50, 4))).astype(np.float32)
+  return ref, smp
+
+
+def test_precision_recall_float16_adm_rounds_as_adm_does():
+  ref, smp = _clustered_features(0, offset=100.0)
+  exact = _precision_recall_bruteforce(ref.astype(np.float64), smp.astype(np.float64))
+  adm = _precision_recall_adm16(ref, smp)
+  got16 = fid.precision_recall(ref, smp, k=3, block=16, distances="float16_adm")
+  got32 = fid.precision_recall(ref, smp, k=3, block=16, distances="float32")
+  print(f"precision/recall exact {exact}, float32 {got32}, ADM float16 {adm}, ours {got16}")
+  assert got16 == pytest.approx(adm, abs=1e-12)  # Same roundings as the spelled-out model.
+  assert got32 == pytest.approx(exact, abs=1e-12)
+  assert got16 != pytest.approx(got32, abs=0.02)  # The option changes the answer here.
+  assert fid.precision_recall(ref, smp, k=3) == got16  # float16_adm is the default.
+
+
+def test_precision_recall_float16_adm_falls_back_to_float32_on_overflow():
+  # Norms of ~300^2 = 9e4 overflow float16 (max 65504): every block is redone in float32.
+  ref, smp = _clustered_features(1, offset=300.0)
+  got16 = fid.precision_recall(ref, smp, k=3, block=16, distances="float16_adm")
+  assert got16 == fid.precision_recall(ref, smp, k=3, block=16, distances="float32")
+  assert got16 == pytest.approx(_precision_recall_adm16(ref, smp), abs=1e-12)
+
+
+def test_precision_recall_rejects_an_unknown_distance_mode():
+  x = np.zeros((5, 2), np.float32)
+  with pytest.raises(ValueError, match=r"one of \('float16_adm', 'float32'\), got 'float64'"):
+    fid.precision_recall(x, x, distances="float64")
 
 
 def test_precision_recall_of_a_set_with_itself_is_one_and_disjoint_is_zero(model):
-  pool, _ = fid.run_inception(_smooth_images(BATCH * 2, seed=5), model, BATCH)
-  assert fid.precision_recall(pool, pool) == (1.0, 1.0)
-  assert fid.precision_recall(pool, pool + 1e3) == (0.0, 0.0)
+  pool, _, _ = fid.run_inception(_smooth_images(BATCH * 2, seed=5), model, BATCH)
+  for distances in fid.PR_DISTANCES:
+    assert fid.precision_recall(pool, pool, distances=distances) == (1.0, 1.0)
+    assert fid.precision_recall(pool, pool + 1e3, distances=distances) == (0.0, 0.0)
 
 
 # ----------------------------------------------------------------------------- batching
@@ -135,34 +262,71 @@ def test_map_batches_counts_every_image_once_in_order():
   np.testing.assert_array_equal(sums, images.sum(axis=1))
 
 
-def test_map_batches_shards_over_a_data_mesh():
+def test_map_batches_logs_progress_with_rate_and_eta(caplog):
+  images = np.zeros((13, 2), np.uint8)
+  with caplog.at_level("INFO"):
+    fid.map_batches(lambda b: (b,), images, batch_size=4, what="test images", log_every_s=0.0)
+  lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("test images")]
+  assert len(lines) == 4, lines  # After batches 1-3, then the final line.
+  assert lines[0].startswith("test images: 4/13, ") and "images/s, ETA" in lines[0]
+  assert lines[-1].startswith("test images: 13/13 done in ")
+
+
+def test_inception_runs_data_parallel_over_fake_devices():
+  # run_inception's plumbing (replicated weights, batches sharded over a 2-device 'data' mesh,
+  # padding, outputs gathered in order) with a small stand-in network: the 95-layer Inception
+  # itself would cost a minute of compile for a check of the same code path.
   script = """
-import jax, numpy as np
-from pra_jax.metrics import fid
+import jax, jax.numpy as jnp, numpy as np
+from absl import logging
+from flax import nnx
+from pra_jax.metrics import fid, inception
+logging.set_verbosity(logging.INFO)
+
+class Stand(nnx.Module):
+  def __init__(self):
+    self.w = nnx.Param(jnp.linspace(-1.0, 1.0, 15, dtype=jnp.float32).reshape(3, 5))
+  def __call__(self, x):
+    pool = jnp.mean(x, axis=(1, 2)) @ self.w[...]
+    spatial = x[:, ::50, ::50, :].reshape(x.shape[0], -1)
+    return inception.InceptionOutput(pool, spatial, pool + 1.0, pool * 2.0)
+
+model = Stand()
+images = np.random.default_rng(0).integers(0, 256, (7, 12, 10, 3), dtype=np.uint8)
 mesh = fid.data_mesh()
-assert mesh is not None and mesh.shape["data"] == 2, mesh
-shardings = []
-def fn(batch):
-  shardings.append(len(batch.sharding.device_set))
-  return (jax.jit(lambda b: b.astype(np.int32) + 1)(batch),)
-(out,) = fid.map_batches(fn, np.arange(7, dtype=np.uint8), batch_size=3, mesh=mesh)
-assert shardings == [2, 2], shardings  # batch 3 rounded up to 4: two batches over 2 devices.
-np.testing.assert_array_equal(out, np.arange(7) + 1)
-print("sharded ok")
+assert mesh.shape["data"] == 2
+sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+out = inception.make_extractor(model, mesh)(jax.device_put(images[:4], sharding))
+assert out.pool.sharding.spec[0] == "data", out.pool.sharding  # Split, not gathered.
+assert len(out.pool.sharding.device_set) == 2, out.pool.sharding
+pool, spatial, logits = fid.run_inception(images, model, batch_size=3)  # 3 -> 4: 2 batches.
+want = model(inception.preprocess(jnp.asarray(images)))
+for got, ref in ((pool, want.pool), (spatial, want.spatial), (logits, want.logits_unbiased)):
+  np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+print("data parallel ok")
 """
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
              JAX_PLATFORMS="cpu", PYTHONPATH=os.getcwd())
   res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
                        timeout=120)
-  assert res.returncode == 0 and "sharded ok" in res.stdout, res.stderr[-2000:]
+  assert res.returncode == 0 and "data parallel ok" in res.stdout, res.stderr[-2000:]
+  assert "inception images: 7/7 done in" in res.stderr  # The progress line, on process 0.
 
 
 # ----------------------------------------------------------------------------- file errors
 
-def test_reference_without_mu_sigma_names_the_file(tmp_path):
-  path = tmp_path / "ref_images_only.npz"
-  np.savez(path, arr_0=_smooth_images(2))
-  with pytest.raises(ValueError, match=r"ref_images_only\.npz.*lacks \['mu', 'sigma'\]"):
+@pytest.mark.parametrize("arrays, match", [
+    ({"labels": np.zeros(3)}, r"neither statistics \(mu, sigma\) nor arr_0"),
+    ({"mu": np.zeros(2048)}, r"'mu' without its pair"),
+    ({"mu": np.zeros(2048), "sigma": np.eye(2048), "mu_s": np.zeros(2023)},
+     r"'mu_s' without its pair"),
+    ({"mu": np.zeros(5), "sigma": np.eye(5)}, r"mu has shape \(5,\), expected \(2048,\)"),
+    ({"mu": np.zeros(4), "sigma": np.eye(3)}, r"are not \[d\] and \[d, d\]"),
+])
+def test_bad_reference_names_the_file(tmp_path, arrays, match):
+  path = tmp_path / "bad_ref.npz"
+  np.savez(path, **arrays)
+  with pytest.raises(ValueError, match=r"bad_ref\.npz.*" + match):
     fid.load_reference(str(path))
 
 
@@ -180,6 +344,8 @@ def test_bad_samples_name_the_file(tmp_path, arrays, match):
     evaluate.load_samples(str(path))
 
 
+# ----------------------------------------------------------------------------- reference batches
+
 def test_image_folder_reference(tmp_path, model):
   folder = tmp_path / "real"
   folder.mkdir()
@@ -189,44 +355,88 @@ def test_image_folder_reference(tmp_path, model):
   np.testing.assert_array_equal(fid.load_images(str(folder)), images)
   ref = fid.compute_reference(str(folder), model, str(tmp_path / "ref.npz"), BATCH,
                               num_pr_images=3)
+  with np.load(tmp_path / "ref.npz") as npz:  # ADM's keys, nothing else.
+    assert sorted(npz.files) == ["arr_0", "mu", "mu_s", "sigma", "sigma_s"]
   loaded = fid.load_reference(str(tmp_path / "ref.npz"))
   assert loaded["images"].shape == (3, 32, 32, 3) and loaded["mu"].shape == (2048,)
+  assert loaded["mu_s"].shape == (2023,) and loaded["sigma_s"].shape == (2023, 2023)
   np.testing.assert_allclose(loaded["sigma"], ref["sigma"])
-  pool, _ = fid.run_inception(images, model, BATCH)
+  pool, spatial, _ = fid.run_inception(images, model, BATCH)
   np.testing.assert_allclose(loaded["mu"], pool.mean(axis=0), rtol=1e-6)
+  np.testing.assert_allclose(loaded["mu_s"], spatial.mean(axis=0), rtol=1e-6, atol=1e-7)
+  fid.compute_reference(images, model, str(tmp_path / "stats_only.npz"), BATCH, num_pr_images=0)
+  assert "images" not in fid.load_reference(str(tmp_path / "stats_only.npz"))
 
 
-# ----------------------------------------------------------------------------- the CLI
+def test_reference_with_only_images_gets_its_statistics_computed(tmp_path, model):
+  weights = tmp_path / "inception_random.npz"
+  inception.save_inception(model, str(weights))
+  ref_images, samples = _smooth_images(BATCH * 2, seed=21), _smooth_images(BATCH + 1, seed=22)
+  only_images = tmp_path / "ref_images_only.npz"
+  np.savez(only_images, arr_0=ref_images)
+  got = evaluate.evaluate_inception(samples, None, str(only_images), str(weights), BATCH,
+                                    is_split_size=2)
+  # The same numbers from the reference's own activations, as ADM's evaluator computes them.
+  ref_pool, ref_spatial, _ = fid.run_inception(ref_images, model, BATCH)
+  pool, spatial, logits = fid.run_inception(samples, model, BATCH)
+  assert got["fid"] == pytest.approx(
+      fid.fid_from_features(pool, *fid.feature_statistics(ref_pool)), rel=1e-6)
+  assert got["sfid"] == pytest.approx(
+      fid.fid_from_features(spatial, *fid.feature_statistics(ref_spatial)), rel=1e-6)
+  assert got["sfid"] > 0 and got["fid"] > 0
+  assert got["inception_score"] == pytest.approx(fid.inception_score(logits, 2), rel=1e-6)
+  assert (got["precision"], got["recall"]) == fid.precision_recall(ref_pool, pool)
+  assert got["pr_distances"] == "float16_adm"
 
-def test_evaluate_cli_end_to_end(tmp_path, model):
+
+# ----------------------------------------------------------------------------- the CLIs
+
+def _evaluate_flags():
+  if not evaluate._FLAGS:  # The CLI defines its flags only when run as the program.
+    evaluate._FLAGS.update(evaluate._define_flags())
+  flags.FLAGS.mark_as_parsed()
+
+
+def test_reference_and_evaluate_clis_end_to_end(tmp_path, model, capsys):
   weights = tmp_path / "inception_random.npz"
   inception.save_inception(model, str(weights))
   samples = tmp_path / "samples.npz"
   np.savez(samples, arr_0=_smooth_images(BATCH + 2, seed=11), arr_1=np.arange(BATCH + 2))
+  real = tmp_path / "real.npz"
+  np.savez(real, arr_0=_smooth_images(BATCH + 1, seed=12))
   ref = tmp_path / "ref.npz"
-  fid.compute_reference(_smooth_images(BATCH, seed=12), model, str(ref), BATCH)
-
+  # The reference CLI as a program (a subprocess); evaluate's main in-process, as the digits
+  # test below runs it, so one Inception program serves both.
   res = subprocess.run(
-      [sys.executable, "-m", "pra_jax.evaluate", f"--samples={samples}", f"--ref={ref}",
-       f"--inception={weights}", f"--batch_size={BATCH}", "--is_splits=2"],
+      [sys.executable, "-m", "pra_jax.tools.reference", f"--images={real}",
+       f"--inception={weights}", f"--out={ref}", f"--batch_size={BATCH}", "--num_pr_images=4"],
       env=dict(os.environ, JAX_PLATFORMS="cpu"), cwd=os.path.dirname(os.path.dirname(__file__)),
       capture_output=True, text=True, timeout=300)
   assert res.returncode == 0, res.stderr[-3000:]
+  assert f"wrote {ref}: mu/sigma and mu_s/sigma_s of {BATCH + 1} images, 4 as arr_0" in res.stdout
+  with np.load(ref) as npz:
+    assert sorted(npz.files) == ["arr_0", "mu", "mu_s", "sigma", "sigma_s"]
+    assert npz["arr_0"].shape == (4, 32, 32, 3) and npz["sigma_s"].shape == (2023, 2023)
+
+  _evaluate_flags()
+  with flagsaver.flagsaver(samples=str(samples), ref=str(ref), inception=str(weights),
+                           metrics="inception", batch_size=BATCH, is_split_size=2,
+                           pr_distances="float32"):
+    evaluate.main(["evaluate"])
   out = json.loads((tmp_path / "samples.metrics.json").read_text())
-  assert set(out) == {"fid", "inception_score", "precision", "recall", "num_images",
-                      "inception_sha256"}
-  assert out["num_images"] == BATCH + 2
+  assert set(out) == {"fid", "sfid", "inception_score", "precision", "recall", "pr_distances",
+                      "num_images", "inception_sha256"}
+  assert out["num_images"] == BATCH + 2 and out["pr_distances"] == "float32"
   assert out["inception_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
-  assert out["fid"] > 0 and out["inception_score"] >= 1.0
+  assert out["fid"] > 0 and out["sfid"] > 0 and out["inception_score"] >= 1.0
   assert 0.0 <= out["precision"] <= 1.0 and 0.0 <= out["recall"] <= 1.0
-  assert json.loads(res.stdout.strip().splitlines()[-1]) == out
-  # The library entry the trainer uses gives the same numbers.
-  images, labels = evaluate.load_samples(str(samples))
-  again = evaluate.evaluate_inception(images, labels, str(ref), str(weights), BATCH, is_splits=2)
-  for key in ("precision", "recall", "num_images", "inception_sha256"):
-    assert again[key] == out[key]
-  assert again["fid"] == pytest.approx(out["fid"], rel=1e-5)
-  assert again["inception_score"] == pytest.approx(out["inception_score"], rel=1e-5)
+  assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == out
+  # The reference the CLI wrote holds what the library computes from the same images.
+  pool, spatial, _ = fid.run_inception(np.load(real)["arr_0"], model, BATCH)
+  with np.load(ref) as npz:
+    np.testing.assert_allclose(npz["mu"], pool.mean(axis=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(npz["sigma_s"], np.cov(spatial.astype(np.float64), rowvar=False),
+                               rtol=1e-4, atol=1e-6)
 
 
 def test_evaluate_cli_digits_branch(tmp_path, monkeypatch):
@@ -240,9 +450,7 @@ def test_evaluate_cli_digits_branch(tmp_path, monkeypatch):
                       types.SimpleNamespace(evaluate_digits=evaluate_digits))
   samples = tmp_path / "digits.npz"
   np.savez(samples, arr_0=np.zeros((2, 16, 16, 1), np.uint8), arr_1=np.array([3, 4]))
-  if not evaluate._FLAGS:  # The CLI defines its flags only when run as the program.
-    evaluate._FLAGS.update(evaluate._define_flags())
-  flags.FLAGS.mark_as_parsed()
+  _evaluate_flags()
   with flagsaver.flagsaver(samples=str(samples), metrics="digits"):
     evaluate.main(["evaluate"])
   assert calls == [((2, 16, 16, 1), [3, 4], str(tmp_path))]

@@ -1,4 +1,5 @@
-"""InceptionV3 port: parity with pytorch-fid's FID Inception, TF1 resize, weight-file errors."""
+"""InceptionV3 port: parity with pytorch-fid's FID Inception (pool_3, sFID's spatial features,
+logits), TF1 resize, weight-file errors."""
 
 import sys
 
@@ -55,15 +56,20 @@ def _fid_torch_inception(monkeypatch):
   return net.eval()
 
 
-def _torch_forward(net, x_BHWC: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _torch_forward(net, x_BHWC: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(pool_3, sFID features, logits): the spatial ones are Mixed_6d's 1x1 branch (the TF
+  graph's mixed_6/conv), channels [:7], flattened in NHWC order as ADM's evaluator does."""
   import torch
 
-  pooled = {}
-  hook = net.avgpool.register_forward_hook(lambda m, i, o: pooled.update(x=o.flatten(1)))
+  got = {}
+  hooks = [net.avgpool.register_forward_hook(lambda m, i, o: got.update(pool=o.flatten(1))),
+           net.Mixed_6d.branch1x1.register_forward_hook(lambda m, i, o: got.update(
+               spatial=o[:, :7].permute(0, 2, 3, 1).flatten(1)))]
   with torch.no_grad():
     logits = net(torch.from_numpy(x_BHWC).permute(0, 3, 1, 2)).numpy()
-  hook.remove()
-  return pooled["x"].numpy(), logits
+  for hook in hooks:
+    hook.remove()
+  return got["pool"].numpy(), got["spatial"].numpy(), logits
 
 
 def test_network_and_pipeline_match_pytorch_fid(tmp_path, monkeypatch):
@@ -76,7 +82,7 @@ def test_network_and_pipeline_match_pytorch_fid(tmp_path, monkeypatch):
   resized = tf.compat.v1.image.resize_bilinear(images, (299, 299), align_corners=False,
                                                half_pixel_centers=False).numpy()
   x = (resized - 128.0) / 128.0
-  pool_t, logits_t = _torch_forward(net, x)
+  pool_t, spatial_t, logits_t = _torch_forward(net, x)
 
   # The converter on a saved .pth, and its in-memory form, give the same weights.
   pth, npz = tmp_path / "fid_random.pth", tmp_path / "fid_random.npz"
@@ -96,13 +102,18 @@ def test_network_and_pipeline_match_pytorch_fid(tmp_path, monkeypatch):
   fc_w = net.fc.weight.detach().numpy()
   for out in (net_out, full_out):
     pool_diff = np.abs(np.asarray(out.pool) - pool_t).max()
+    assert out.spatial.shape == (BATCH, inception.NUM_SPATIAL) == (BATCH, 17 * 17 * 7)
+    spatial_diff = np.abs(np.asarray(out.spatial) - spatial_t).max()
     logit_diff = np.abs(np.asarray(out.logits) - logits_t).max()
     unbiased_diff = np.abs(np.asarray(out.logits_unbiased) - pool_t @ fc_w.T).max()
-    print(f"max abs diff: pool {pool_diff:.2e} logits {logit_diff:.2e} "
-          f"unbiased {unbiased_diff:.2e} (|pool| max {np.abs(pool_t).max():.1f})")
+    print(f"max abs diff: pool {pool_diff:.2e} spatial {spatial_diff:.2e} logits "
+          f"{logit_diff:.2e} unbiased {unbiased_diff:.2e} (|pool| max {np.abs(pool_t).max():.1f},"
+          f" |spatial| max {np.abs(spatial_t).max():.1f})")
     assert pool_diff <= 1e-4 and logit_diff <= 1e-4 and unbiased_diff <= 1e-4
+    assert spatial_diff <= 1e-4 * max(1.0, np.abs(spatial_t).max())
   # Guard against a vacuous comparison: the features must spread and differ across images.
   assert np.asarray(net_out.pool).std(axis=0).mean() > 0.1
+  assert np.asarray(net_out.spatial).std(axis=0).mean() > 0.01
 
 
 @pytest.mark.parametrize("shape", [(2, 8, 8, 3), (2, 37, 29, 3), (1, 256, 256, 3),

@@ -1,8 +1,10 @@
-"""InceptionV3 of the 2015-12-05 TF graph, FID variant, in Flax NNX: pool_3 features and logits.
+"""InceptionV3 of the 2015-12-05 TF graph, FID variant, in Flax NNX: pool_3 features, the
+spatial features of sFID, and logits.
 
 Matches pytorch-fid's FID Inception layer for layer; weights come from a user-supplied .npz.
 
-Shapes: B batch, H/W image height/width, C channels, D = 2048 pool_3 features, K = 1008 logits.
+Shapes: B batch, H/W image height/width, C channels, D = 2048 pool_3 features, S = 2023 spatial
+features, K = 1008 logits.
 """
 
 import functools
@@ -18,6 +20,10 @@ from jax import lax
 IMAGE_SIZE = 299
 NUM_FEATURES = 2048
 NUM_LOGITS = 1008
+# sFID's features: the first 7 channels of the TF graph's `mixed_6/conv` on the 17x17 grid,
+# flattened in (row, column, channel) order, as ADM's evaluator reshapes them.
+SPATIAL_GRID, SPATIAL_CHANNELS = 17, 7
+NUM_SPATIAL = SPATIAL_GRID * SPATIAL_GRID * SPATIAL_CHANNELS  # 2023
 BN_EPSILON = 1e-3
 HIGHEST = lax.Precision.HIGHEST
 
@@ -35,6 +41,7 @@ _KERNEL_INIT = nnx.initializers.variance_scaling(2.0, "fan_in", "normal")
 
 class InceptionOutput(NamedTuple):
   pool: jax.Array  # [B, D] pool_3, the FID features.
+  spatial: jax.Array  # [B, S] mixed_6/conv[..., :7] flattened, the sFID features.
   logits: jax.Array  # [B, K] the graph's softmax/logits, fc bias included.
   logits_unbiased: jax.Array  # [B, K] pool @ fc kernel, what ADM's Inception Score uses.
 
@@ -203,12 +210,27 @@ class InceptionV3(nnx.Module):
     x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))  # 71x71x192
     x = _max_pool_3x3(x, 2)  # 35x35
     for block in (self.Mixed_5b, self.Mixed_5c, self.Mixed_5d, self.Mixed_6a, self.Mixed_6b,
-                  self.Mixed_6c, self.Mixed_6d, self.Mixed_6e, self.Mixed_7a, self.Mixed_7b,
-                  self.Mixed_7c):
+                  self.Mixed_6c, self.Mixed_6d):
+      x = block(x)  # ends at 17x17x768
+    # ADM's sFID reads `mixed_6/conv:0` of the TF graph, channels [:7]. Which layer that is:
+    # the graph names its 11 mixed blocks mixed, mixed_1, ..., mixed_10 in build order, one
+    # per block here (Mixed_5b ... Mixed_7c), so mixed_6 is the 7th, Mixed_6d. The shapes pin
+    # the order: mixed_3 is the only 35 -> 17 reduction (Mixed_6a), mixed_4's 7x7 towers are
+    # 128 wide (Mixed_6b's channels_7x7), mixed_7's 192 (Mixed_6e), and mixed_5 and mixed_6 the
+    # two 160-wide ones between (Mixed_6c, Mixed_6d); pytorch-fid's TF-to-torch weight mapping
+    # pairs mixed_6/conv with Mixed_6d.branch1x1 the same way. Inside a mixed block, `conv` is
+    # the 1x1 branch (the towers are tower, tower_1, tower_2) and the tensor named `conv` is
+    # its ReLU output (conv/Conv2D and conv/batchnorm come before it): 17x17x192, which is
+    # ConvBN's output here. The block concatenates that branch first, so its first 7 channels
+    # are channels [:7] of Mixed_6d's output. Established from the graph's naming scheme and
+    # the shapes, not by running the TF graph (no weights here to compare with): certain about
+    # the block and branch (shape-pinned), about as certain that ":0" is the post-ReLU tensor.
+    spatial_BS = x[..., :SPATIAL_CHANNELS].reshape(x.shape[0], -1)
+    for block in (self.Mixed_6e, self.Mixed_7a, self.Mixed_7b, self.Mixed_7c):
       x = block(x)  # ends at 8x8x2048
     pool_BD = jnp.mean(x, axis=(1, 2))
     unbiased_BK = jnp.dot(pool_BD, self.fc.kernel[...], precision=HIGHEST)
-    return InceptionOutput(pool_BD, unbiased_BK + self.fc.bias[...], unbiased_BK)
+    return InceptionOutput(pool_BD, spatial_BS, unbiased_BK + self.fc.bias[...], unbiased_BK)
 
 
 # ----------------------------------------------------------------------------- preprocessing
