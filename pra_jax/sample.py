@@ -73,15 +73,15 @@ def restore_model(config, workdir: str, use_ema: bool = True):
   """The (EMA) model of the newest good checkpoint in workdir."""
   from pra_jax import train  # Deferred: train imports this module for its sample grids.
 
-  config_check.validate(config)
+  with config_check.user_input():
+    config_check.validate(config)
+    checkpoint.check_readable(workdir, config)  # Refuses another run's config; writes nothing.
   ckpt = checkpoint.Checkpointer(workdir, config.checkpoint, read_only=True)
-  if not ckpt.all_steps():
-    raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: train first with "
-                            f"python -m pra_jax.main --config=... --workdir={workdir}")
   mesh = sharding.make_mesh(config.sharding.mesh)
   bundle = train.create_bundle(config, mesh)
   graphdef, state = nnx.split(bundle)
-  state, step = ckpt.restore_latest(state)
+  with config_check.user_input():
+    state, step = ckpt.restore_latest(state)
   if state is None:
     raise ValueError(f"no checkpoint in {ckpt.directory} restores into this config's model")
   bundle = nnx.merge(graphdef, state)

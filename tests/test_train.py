@@ -116,5 +116,5 @@ def test_workdir_of_another_model_is_refused(tmp_path):
   config.train.num_steps = config.checkpoint.every = 1
   train.train_and_evaluate(config, workdir)
   config.model.backbone.width = 64
-  with pytest.raises(ValueError, match="holds checkpoints of a different model"):
+  with pytest.raises(ValueError, match="another run: model.backbone.width: 32 -> 64"):
     train.train_and_evaluate(config, workdir)
