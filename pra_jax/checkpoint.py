@@ -45,7 +45,8 @@ RUN_TIME_MODEL_KEYS = (
 
 
 class ConfigMismatch(ValueError):
-  """This config cannot read or resume the workdir's checkpoints."""
+  """This config cannot read or resume the workdir's checkpoints (a user error)."""
+  pra_jax_user_error = True
 
 
 class CheckpointWriteError(OSError):

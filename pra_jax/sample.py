@@ -117,6 +117,10 @@ def main(argv):
     raise app.UsageError("--config, --workdir and --out are required")
   if not out.endswith(".npz"):
     raise app.UsageError(f"--out must name a .npz file, got {out}")
+  with config_check.user_input():  # Before anything compiles.
+    config_check.check_number("--num_images", f["num_images"], 1, float("inf"))
+    if f["cfg"] is not None:
+      config_check.check_number("--cfg", f["cfg"], 0.0, float("inf"))
   num_classes = config.data.num_classes
   classes = [int(c) for c in f["classes"]] if f["classes"] else list(range(num_classes))
   classes = sampler.check_labels(classes, num_classes).tolist()
@@ -140,4 +144,4 @@ def main(argv):
 
 if __name__ == "__main__":
   _FLAGS.update(_define_flags())
-  app.run(main)
+  app.run(config_check.cli(main), flags_parser=config_check.parse_flags)
