@@ -173,28 +173,35 @@ class _StopVote:
 def _lost_peer_exit(e: Exception) -> None:
   """A collective failed under jax.distributed: a peer is gone. Say which, and exit now (the
   distributed runtime's own shutdown would wait for the dead peer)."""
-  names = "unknown"
-  try:
-    from jax._src import distributed
+  n, me = jax.process_count(), jax.process_index()
+  if n == 2:
+    lost = f"process {1 - me}"
+  else:  # Ask the coordination service; it answers once the heartbeat timeout has passed.
     result = {}
+
     def ask():
-      result["live"] = distributed.global_state.client.get_live_nodes(
-          list(range(jax.process_count())))
-    t = threading.Thread(target=ask, daemon=True)
-    t.start()
-    t.join(5.0)
+      try:
+        from jax._src import distributed
+        result["live"] = distributed.global_state.client.get_live_nodes(list(range(n)))
+      except Exception as err:  # pylint: disable=broad-except
+        result["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+
+    asker = threading.Thread(target=ask, daemon=True)
+    asker.start()
+    asker.join(LOST_PEER_QUERY_S)
     if "live" in result:
-      live = set(result["live"]) if not isinstance(result["live"], dict) else set(result["live"])
-      names = ", ".join(str(i) for i in range(jax.process_count()) if i not in live) or "none"
-  except Exception:  # pylint: disable=broad-except
-    pass
-  logging.error("Process %d lost a peer process (lost: %s) in a collective (%s: %s). Exiting "
-                "with status %d; restart the job: it resumes from the newest checkpoint.",
-                jax.process_index(), names, type(e).__name__, str(e).splitlines()[0][:300],
-                LOST_PEER_EXIT)
+      lost = "process " + ", ".join(str(i) for i in range(n) if i not in set(result["live"]))
+    else:
+      lost = f"unknown ({result.get('error', 'the coordinator did not answer')})"
+  logging.error("Process %d of %d lost a peer: %s. A collective failed (%s: %s). Exiting with "
+                "status %d; restart the job and it resumes from the newest checkpoint.",
+                me, n, lost, type(e).__name__, str(e).splitlines()[0][:300], LOST_PEER_EXIT)
   logging.flush()
   os._exit(LOST_PEER_EXIT)  # pylint: disable=protected-access
 
+
+# Longer than main's --heartbeat_timeout default (30 s): by then the coordinator knows.
+LOST_PEER_QUERY_S = 40.0
 
 LOST_PEER_EXIT = 3
 
