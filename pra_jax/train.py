@@ -7,6 +7,7 @@ draws exactly what the uninterrupted one would have.
 
 import functools
 import os
+import re
 import signal
 import threading
 import time
@@ -170,11 +171,27 @@ class _StopVote:
     return previous is not None and bool(jax.device_get(previous))
 
 
+# How a lost peer shows in a collective (Gloo's connection reset) or in a barrier of the
+# coordination service (the heartbeat timeout), in the exception or in what it wraps.
+_PEER_LOSS = re.compile(r"Gloo|Connection reset by peer|heartbeat timeout|task is set to ERROR")
+
+
+def _peer_failure(e: BaseException):
+  while e is not None:
+    if _PEER_LOSS.search(str(e)):  # JaxRuntimeError, or a ValueError from Orbax's allgather.
+      return e
+    e = e.__cause__ or e.__context__
+  return None
+
+
 def _lost_peer_exit(e: Exception) -> None:
   """A collective failed under jax.distributed: a peer is gone. Say which, and exit now (the
   distributed runtime's own shutdown would wait for the dead peer)."""
   n, me = jax.process_count(), jax.process_index()
-  if n == 2:
+  named = re.search(r"Task (\d+) heartbeat timeout", str(e))
+  if named:
+    lost = f"process {named.group(1)}"
+  elif n == 2:
     lost = f"process {1 - me}"
   else:  # Ask the coordination service; it answers once the heartbeat timeout has passed.
     result = {}
@@ -359,9 +376,9 @@ def _train(config, workdir, overwrite, preemption) -> dict:
       ckpt.save(step, state, train_iter, force=True)
       ckpt.wait()
       raise
-    except jax.errors.JaxRuntimeError as e:
-      if jax.process_count() > 1:
-        _lost_peer_exit(e)
+    except Exception as e:  # pylint: disable=broad-except
+      if jax.process_count() > 1 and _peer_failure(e) is not None:
+        _lost_peer_exit(_peer_failure(e))
       raise
     finally:
       preemption.abortable = False

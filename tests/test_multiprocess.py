@@ -162,7 +162,8 @@ def _wait_for_step(procs, workdir, step, timeout=400):
 # The stated bound for the survivor of a killed peer: its next collective fails (Gloo sees the
 # connection reset) and it exits with status 3 at once (two processes), or after the
 # coordinator's answer, itself bounded by train.LOST_PEER_QUERY_S (more processes); with no
-# collective running, main's --heartbeat_timeout (30 s) ends it. Measured: 5-6 s here.
+# collective running (a save's barrier), main's --heartbeat_timeout (30 s) ends it.
+# Measured: 5-6 s mid-step here.
 LOST_PEER_BOUND_S = 45
 
 
@@ -184,6 +185,7 @@ def test_sigterm_to_one_process_stops_both_then_a_killed_peer_ends_the_survivor(
 
   procs = _start_pair(workdir, env, "--config.train.num_steps=100000")
   _wait_for_step(procs, workdir, step + 2 - step % 2)
+  time.sleep(1.0)  # Mid-step, not inside the save's barrier (that case waits the heartbeat).
   procs[1].send_signal(signal.SIGKILL)
   killed = time.time()
   rc = procs[0].wait(timeout=LOST_PEER_BOUND_S + 60)
