@@ -278,7 +278,10 @@ class Checkpointer:
     """The saved state's leaves (tree_signature), read from the step's metadata alone."""
     with ocp.StandardCheckpointer() as reader:
       meta = reader.metadata(os.path.join(self.directory, str(step), "state"))
-    return tree_signature(getattr(meta, "item_metadata", meta))
+    signature = tree_signature(getattr(meta, "item_metadata", meta))
+    if not signature:  # Orbax warns and returns nothing for missing or truncated metadata.
+      raise ValueError(f"no readable tree metadata in {self.directory}/{step}/state")
+    return signature
 
   def restore_latest(self, target_state, data_iter=None, *, changes=None):
     """(state, step) of the newest checkpoint that restores, or (None, None) if there is none.
