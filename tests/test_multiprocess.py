@@ -172,27 +172,35 @@ def test_sigterm_to_one_process_stops_both_then_a_killed_peer_ends_the_survivor(
   import time
   workdir = str(tmp_path / "run")
   env = _env()
-  procs = _start_pair(workdir, env, "--config.train.num_steps=100000")
-  _wait_for_step(procs, workdir, 2)
-  procs[1].send_signal(signal.SIGTERM)  # Only one process hears of the preemption.
-  for p in procs:
-    assert p.wait(timeout=120) == 0, [_log(workdir, i)[-3000:] for i in range(2)]
-  stops = [re.findall(r"Preempted at step (\d+): checkpoint saved", _log(workdir, i))
-           for i in range(2)]
-  assert stops[0] and stops[0] == stops[1], stops   # The same step on both.
-  step = int(stops[0][0])
-  assert str(step) in os.listdir(os.path.join(workdir, "checkpoints"))
+  started = []  # Every process this test starts, killed at the end if still alive.
+  try:
+    procs = _start_pair(workdir, env, "--config.train.num_steps=100000")
+    started += procs
+    _wait_for_step(procs, workdir, 2)
+    procs[1].send_signal(signal.SIGTERM)  # Only one process hears of the preemption.
+    for p in procs:
+      assert p.wait(timeout=120) == 0, [_log(workdir, i)[-3000:] for i in range(2)]
+    stops = [re.findall(r"Preempted at step (\d+): checkpoint saved", _log(workdir, i))
+             for i in range(2)]
+    assert stops[0] and stops[0] == stops[1], stops   # The same step on both.
+    step = int(stops[0][0])
+    assert str(step) in os.listdir(os.path.join(workdir, "checkpoints"))
 
-  procs = _start_pair(workdir, env, "--config.train.num_steps=100000")
-  _wait_for_step(procs, workdir, step + 2 - step % 2)
-  time.sleep(1.0)  # Mid-step, not inside the save's barrier (that case waits the heartbeat).
-  procs[1].send_signal(signal.SIGKILL)
-  killed = time.time()
-  rc = procs[0].wait(timeout=LOST_PEER_BOUND_S + 60)
-  took = time.time() - killed
-  procs[1].wait()
-  log = _log(workdir, 0)
-  assert rc == 3, log[-3000:]
-  assert "Process 0 of 2 lost a peer: process 1." in log, log[-3000:]
-  print(f"survivor exited {took:.1f} s after its peer was killed")
-  assert took < LOST_PEER_BOUND_S, took
+    procs = _start_pair(workdir, env, "--config.train.num_steps=100000")
+    started += procs
+    _wait_for_step(procs, workdir, step + 2 - step % 2)
+    time.sleep(1.0)  # Mid-step, not inside the save's barrier (that case waits the heartbeat).
+    procs[1].send_signal(signal.SIGKILL)
+    killed = time.time()
+    rc = procs[0].wait(timeout=LOST_PEER_BOUND_S + 60)
+    took = time.time() - killed
+    procs[1].wait()
+    log = _log(workdir, 0)
+    assert rc == 3, log[-3000:]
+    assert "Process 0 of 2 lost a peer: process 1." in log, log[-3000:]
+    print(f"survivor exited {took:.1f} s after its peer was killed")
+    assert took < LOST_PEER_BOUND_S, took
+  finally:
+    for p in started:
+      if p.poll() is None:
+        p.kill()

@@ -12,7 +12,7 @@ import signal
 import pytest
 
 from configs import tiny
-from pra_jax import checkpoint, config_check, sample, train
+from pra_jax import checkpoint, sample, train
 
 
 def _config(**train_overrides):
@@ -48,12 +48,12 @@ def test_read_with_the_wrong_config_is_refused_and_moves_nothing(run):
   before = _listing(run)
   config = _config()
   config.model.state.decoder_context = True
-  with pytest.raises(checkpoint.ConfigMismatch,
-                     match=r"model\.state\.decoder_context: False -> True"):
+  # ValueError: the type the old code raised too, so a test run on it fails on what it did.
+  with pytest.raises(ValueError, match=r"model\.state\.decoder_context: False -> True"):
     sample.restore_model(config, run)
   # Without config.json the tree comparison still refuses, and still moves nothing.
   os.remove(os.path.join(run, checkpoint.CONFIG_FILE))
-  with pytest.raises(checkpoint.ConfigMismatch, match="only in this model"):
+  with pytest.raises(ValueError, match="only in this model"):
     sample.restore_model(config, run)
   assert _listing(run) == before
   model, step = sample.restore_model(_config(), run)  # The right config still reads step 2.
@@ -63,7 +63,7 @@ def test_read_with_the_wrong_config_is_refused_and_moves_nothing(run):
 def test_optimizer_tree_change_is_refused_naming_the_key(run):
   before = _listing(run)
   config = _config(grad_clip=0.0, num_steps=3)  # No clip: the optimizer state loses a node.
-  with pytest.raises(checkpoint.ConfigMismatch, match=r"train\.grad_clip: 3\.0 -> 0\.0"):
+  with pytest.raises(ValueError, match=r"train\.grad_clip: 3\.0 -> 0\.0"):
     train.train_and_evaluate(config, run)
   assert _listing(run) == before  # Nothing set aside as unreadable, no step 3.
 
@@ -89,7 +89,7 @@ def test_only_identity_keys_refuse_a_resume(trained):
     for part in filter(None, section.split(".")):
       node = node[part]
     node[leaf] = value
-    with pytest.raises(checkpoint.ConfigMismatch, match=key.replace(".", r"\.")):
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
       checkpoint.check_workdir(trained, config)
 
 
@@ -173,7 +173,7 @@ def test_a_save_that_fails_leaves_the_previous_checkpoint(run, monkeypatch):
       signal.signal(signal.SIGXFSZ, handler)
 
   monkeypatch.setattr(checkpoint.Checkpointer, "save", save_on_a_full_disk)
-  with pytest.raises(checkpoint.CheckpointWriteError,
+  with pytest.raises(OSError,
                      match=r"checkpoint 4 .* was not written .*newest committed checkpoint is "
                            r"step 2"):
     train.train_and_evaluate(_config(num_steps=4), run)
@@ -199,5 +199,5 @@ def test_bad_values_are_refused_before_anything_runs(key, value, match, tmp_path
   node[leaf] = value
   with pytest.raises(ValueError, match=match) as err:
     train.train_and_evaluate(config, str(tmp_path / "run"))
-  assert config_check.is_user_error(err.value)
+  assert getattr(err.value, "pra_jax_user_error", False)  # Marked for one-line reporting.
   assert not os.path.exists(tmp_path / "run")
