@@ -138,7 +138,7 @@ def check_workdir(workdir: str, config, *, overwrite: bool = False) -> WorkdirPl
         f"kept under checkpoints.replaced-<time>)")
   if identity:
     return WorkdirPlan(workdir, new, {}, True)
-  return WorkdirPlan(workdir, new, {k: v for k, v in changes.items()}, False)
+  return WorkdirPlan(workdir, new, changes, False)
 
 
 def check_readable(workdir: str, config) -> None:
@@ -262,9 +262,9 @@ class Checkpointer:
     newest = max(committed, default=None)
     where = (f"the newest committed checkpoint is step {newest}, and a rerun resumes from it"
              if newest is not None else "no earlier checkpoint exists")
+    detail = (str(e).splitlines() or [""])[0][:300]
     return CheckpointWriteError(f"checkpoint {step} in {self.directory} was not written "
-                                f"({type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}); "
-                                f"{where}")
+                                f"({type(e).__name__}: {detail}); {where}")
 
   def restore(self, step: int, target_state, data_iter=None):
     """Restores `step` into arrays shaped and sharded like `target_state`."""
@@ -276,9 +276,10 @@ class Checkpointer:
 
   def saved_signature(self, step: int) -> dict:
     """The saved state's leaves (tree_signature), read from the step's metadata alone."""
-    with ocp.StandardCheckpointer() as reader:
-      meta = reader.metadata(os.path.join(self.directory, str(step), "state"))
-    signature = tree_signature(getattr(meta, "item_metadata", meta))
+    from etils import epath
+    meta = ocp.StandardCheckpointHandler().metadata(
+        epath.Path(os.path.join(self.directory, str(step), "state")))
+    signature = tree_signature(getattr(meta, "tree", meta))
     if not signature:  # Orbax warns and returns nothing for missing or truncated metadata.
       raise ValueError(f"no readable tree metadata in {self.directory}/{step}/state")
     return signature

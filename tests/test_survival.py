@@ -80,23 +80,34 @@ def test_sigkill_after_checkpoint_resumes_bit_exact(tmp_path):
   train.train_and_evaluate(config, ref_dir)
   ref_losses = read_scalars(ref_dir, "train/total")
 
-  # The same command, SIGKILLed as soon as its step-N checkpoint is committed, then rerun.
+  # The same command with asynchronous saves every N/2 steps, SIGKILLed while its step-N save
+  # is being written (its temporary directory exists), then rerun: it resumes from N/2 (or from
+  # N, if the write won the race) and cleans the torn save away.
   run_dir = str(tmp_path / "run")
-  flags = [f"--config.train.num_steps={2 * n}", f"--config.checkpoint.every={n}"]
+  flags = [f"--config.train.num_steps={2 * n}", f"--config.checkpoint.every={n // 2}",
+           "--config.checkpoint.async_save=true"]
   proc = start_run(run_dir, *flags)
-  wait_for_checkpoint(proc, run_dir, n)
+  ckpt_dir = os.path.join(run_dir, "checkpoints")
+  deadline = time.time() + 400
+  while not (os.path.isdir(ckpt_dir) and any(
+      name.split(".")[0] == str(n) for name in os.listdir(ckpt_dir))):
+    assert proc.poll() is None and time.time() < deadline, proc.stdout.read()[-3000:]
+    time.sleep(0.01)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   assert proc.returncode == -signal.SIGKILL
-  assert not os.path.isdir(os.path.join(run_dir, "checkpoints", str(2 * n))), \
+  assert not os.path.isdir(os.path.join(ckpt_dir, str(2 * n))), \
       "the run finished before it was killed: the test proves nothing"
   proc = start_run(run_dir, *flags)
   log = proc.communicate(timeout=400)[0]
   assert proc.returncode == 0, log[-3000:]
-  assert f"Resumed from {os.path.join(run_dir, 'checkpoints')} at step {n}" in log
+  resumed = int(re.search(rf"Resumed from {re.escape(ckpt_dir)} at step (\d+)", log).group(1))
+  assert resumed in (n // 2, n), resumed
+  print(f"SIGKILL during the async save of step {n}: resumed from step {resumed}")
+  assert not any("orbax-checkpoint-tmp" in name for name in os.listdir(ckpt_dir))
 
   run_losses = read_scalars(run_dir, "train/total")
-  for step in range(n + 1, 2 * n + 1):
+  for step in range(resumed + 1, 2 * n + 1):
     assert run_losses[step] == ref_losses[step], (step, run_losses[step], ref_losses[step])
   for a, b in zip(final_params(run_dir, config), final_params(ref_dir, config)):
     np.testing.assert_array_equal(a, b)
