@@ -1,7 +1,18 @@
-"""Checks a config before anything compiles or loads data: one clear message per mistake."""
+"""Checks a config before anything compiles or loads data: one clear message per mistake.
+
+Errors in what the user gave (flags, config keys and values, files, data) are marked as such
+(`user_input`, `is_user_error`): the entry points print them as one line and exit with status 2.
+"""
+
+import contextlib
+import difflib
+import math
+import sys
 
 from pra_jax import profiling, rollout
 from pra_jax.models import attention
+
+EXIT_USER_ERROR = 2
 
 _CHOICES = {
     "data.source": ("tfds", "folder", "digits", "synthetic"),
@@ -25,6 +36,129 @@ _POSITIVE = ("data.image_size", "data.num_classes", "model.patch_size", "model.b
              "train.grad_accum_steps", "sample.num_steps", "checkpoint.every")
 
 
+# (key, lowest, highest, lowest allowed?, highest allowed?): finite numbers in a range.
+_RANGES = (
+    ("train.lr", 0.0, math.inf, False, False),
+    ("train.warmup_steps", 0, math.inf, True, False),
+    ("train.min_lr_ratio", 0.0, 1.0, True, True),
+    ("train.weight_decay", 0.0, math.inf, True, False),
+    ("train.b1", 0.0, 1.0, True, False),
+    ("train.b2", 0.0, 1.0, True, False),
+    ("train.grad_clip", 0.0, math.inf, True, False),
+    ("train.ema_decay", 0.0, 1.0, True, False),
+    ("train.log_every", 1, math.inf, True, False),
+    ("train.sample_every", 0, math.inf, True, False),
+    ("train.eval_every", 0, math.inf, True, False),
+    ("eval.num_images", 1, math.inf, True, False),
+    ("eval.batch_size", 1, math.inf, True, False),
+    ("sample.cfg", 0.0, math.inf, True, False),          # 0 = unconditional, 1 = no guidance.
+    ("sample.temperature", 0.0, math.inf, True, False),
+    ("sample.batch_size", 1, math.inf, True, False),
+)
+
+
+def mark_user_error(e: BaseException) -> BaseException:
+  e.pra_jax_user_error = True
+  return e
+
+
+def is_user_error(e: BaseException) -> bool:
+  return bool(getattr(e, "pra_jax_user_error", False))
+
+
+@contextlib.contextmanager
+def user_input():
+  """ValueError / OSError raised inside come from what the user gave: mark them, keep the type."""
+  try:
+    yield
+  except (ValueError, OSError) as e:
+    raise mark_user_error(e)
+
+
+def cli(main_fn):
+  """Wraps an absl main: a user error is one line on stderr and exit status 2, no traceback."""
+  def run(argv):
+    try:
+      return main_fn(argv)
+    except Exception as e:  # pylint: disable=broad-except
+      if not is_user_error(e):
+        raise
+      print(one_line(e), file=sys.stderr, flush=True)
+      sys.exit(EXIT_USER_ERROR)
+  return run
+
+
+def usage_error(message: str):
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.exit(EXIT_USER_ERROR)
+
+
+def parse_flags(argv, config_flag: str = "config"):
+  """An absl flags_parser: a bad flag, an unknown --config.KEY override (with a "did you mean")
+  or a config file that does not load is one line and exit status 2, not a traceback."""
+  from absl import flags
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    usage_error(" ".join(str(e).split()))
+  except Exception as e:  # pylint: disable=broad-except  # Raised by config_flags' overrides.
+    usage_error(_override_message(argv, config_flag, e))
+
+
+def _override_message(argv, config_flag: str, e: Exception) -> str:
+  import runpy
+  prefix = f"--{config_flag}"
+  path = next((a.split("=", 1)[1] for a in argv if a.startswith(prefix + "=")), None)
+  overrides = [a[len(prefix) + 1:].split("=", 1)[0] for a in argv
+               if a.startswith(prefix + ".")]
+  detail = " ".join(str(e).split()).replace("\\n", " ")
+  if path is None:
+    return f"--{config_flag} could not be read: {detail}"
+  try:
+    config = runpy.run_path(path)["get_config"]()
+  except Exception as load_error:  # pylint: disable=broad-except
+    return (f"--{config_flag}={path} does not load: {type(load_error).__name__}: "
+            f"{' '.join(str(load_error).split())}")
+  from pra_jax import checkpoint
+  keys = checkpoint.flatten(config.to_dict())
+  for key in overrides:
+    if key not in keys and not any(k.startswith(key + ".") for k in keys):
+      return (f"--{config_flag}.{key}: no such config key in {path}"
+              f"{did_you_mean(key, config)}")
+  return f"a --{config_flag}.* override was not accepted: {type(e).__name__}: {detail}"
+
+
+def one_line(e: BaseException) -> str:
+  """The message of a user error as the single line an entry point prints."""
+  text = " ".join(str(e).split()) or type(e).__name__
+  return f"error: {text}"
+
+
+def did_you_mean(key: str, config) -> str:
+  """' (did you mean train.num_steps?)' for a misspelled dotted key, or ''."""
+  from pra_jax import checkpoint
+  keys = list(checkpoint.flatten(config.to_dict()))
+  close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+  if not close:  # Misspelled leaf under a right section: compare leaves within the section.
+    section = key.rsplit(".", 1)[0]
+    leaves = [k for k in keys if k.startswith(section + ".")]
+    close = difflib.get_close_matches(key, leaves, n=1, cutoff=0.4)
+  return f" (did you mean {' or '.join(close)}?)" if close else ""
+
+
+def check_number(name: str, value, low, high, low_ok=True, high_ok=False) -> None:
+  """One message for a value outside the range (an int `low` asks for an integer)."""
+  integer = isinstance(low, int)
+  ok = (isinstance(value, int) if integer else isinstance(value, (int, float)))
+  ok = ok and not isinstance(value, bool) and math.isfinite(value)
+  ok = ok and (value >= low if low_ok else value > low) and (
+      value <= high if high_ok else value < high)
+  if not ok:
+    span = f"{'[' if low_ok else '('}{low}, {high}{']' if high_ok else ')'}"
+    raise ValueError(f"{name} must be {'an integer' if integer else 'a number'} in {span}, got "
+                     f"{value!r}")
+
+
 def _get(config, dotted):
   node = config
   for part in dotted.split("."):
@@ -41,6 +175,18 @@ def validate(config) -> None:
     value = _get(config, key)
     if not isinstance(value, int) or value <= 0:
       raise ValueError(f"config {key} must be a positive integer, got {value!r}")
+  for key, low, high, low_ok, high_ok in _RANGES:
+    check_number(f"config {key}", _get(config, key), low, high, low_ok, high_ok)
+  keep = config.checkpoint.max_to_keep
+  if keep is not None and (not isinstance(keep, int) or isinstance(keep, bool) or keep < 1):
+    # Orbax reads 0 as "keep none": it would delete every checkpoint, the resumed run's included.
+    raise ValueError(f"config checkpoint.max_to_keep must be a positive integer (or None to keep "
+                     f"all), got {keep!r}")
+  from pra_jax.models import backbone  # The model's own parser of the name.
+  try:
+    backbone.remat_policy(config.model.backbone.remat_policy)
+  except ValueError as e:
+    raise ValueError(f"config model.backbone.{e}") from None
   if config.data.channels not in (1, 3):
     raise ValueError(f"config data.channels must be 1 or 3, got {config.data.channels!r}")
   if config.data.image_size % config.model.patch_size:

@@ -120,6 +120,11 @@ def _check_num_classes(data_cfg: ml_collections.ConfigDict, found: int, where: s
 
 def convert_mode(img: Image.Image, channels: int) -> Image.Image:
   """Grayscale, palette and alpha images to 'L' (channels=1) or 'RGB' (channels=3)."""
+  if img.mode.startswith("I;16") or img.mode == "I":
+    # 16-bit grayscale (PNG opens as I;16 or I). PIL's convert('L') clips at 255, which turns
+    # every such image white: map 0..65535 onto 0..255 instead (v / 257, rounded).
+    wide = np.asarray(img, np.uint32) if img.mode != "I" else np.asarray(img, np.int64)
+    img = Image.fromarray(np.clip((wide + 128) // 257, 0, 255).astype(np.uint8), "L")
   has_alpha = img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info
   if has_alpha:
     # Composite over white: fully transparent pixels carry arbitrary colours underneath.

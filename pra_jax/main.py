@@ -19,6 +19,10 @@ _DISTRIBUTED = flags.DEFINE_enum(
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_HEARTBEAT = flags.DEFINE_integer(
+    "heartbeat_timeout", 30,
+    "Seconds without a heartbeat after which jax.distributed declares a process dead (JAX's "
+    "default is 100): bounds how long survivors of a lost peer wait before they exit.")
 
 # Variables by which TPU pods, SLURM and Open MPI announce a multi-process job to JAX.
 _CLUSTER_ENV = ("TPU_WORKER_HOSTNAMES", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE",
@@ -33,7 +37,8 @@ def _initialize_distributed():
                  else v in os.environ for v in _CLUSTER_ENV)
   if _DISTRIBUTED.value == "on" or (_DISTRIBUTED.value == "auto" and (explicit or detected)):
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
-                               num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+                               num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value,
+                               heartbeat_timeout_seconds=_HEARTBEAT.value)
 
 
 def _quiet_library_logs():
@@ -43,12 +48,24 @@ def _quiet_library_logs():
   logging.get_absl_handler().addFilter(keep)
 
 
+def _check_inputs():
+  """Everything about the user's input that is known before jax or TensorFlow start."""
+  from pra_jax import checkpoint, config_check
+  if _WORKDIR.value is None:
+    config_check.usage_error("--workdir is required (checkpoints, logs and samples go there)")
+  if _HEARTBEAT.value < 1:
+    config_check.usage_error(f"--heartbeat_timeout must be at least 1 s, got {_HEARTBEAT.value}")
+  with config_check.user_input():
+    config_check.validate(_CONFIG.value)
+    checkpoint.check_workdir(_WORKDIR.value, _CONFIG.value, overwrite=_OVERWRITE.value)
+
+
 def main(argv):
   _quiet_library_logs()
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if _WORKDIR.value is None:
-    raise app.UsageError("--workdir is required (checkpoints, logs and samples go there)")
+    from pra_jax import config_check
+    config_check.usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
+  _check_inputs()
   import tensorflow as tf  # CLU writes summaries with TF: keep it off the accelerators.
   tf.config.set_visible_devices([], "GPU")
   _initialize_distributed()
@@ -63,5 +80,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["workdir"])
-  app.run(main)
+  from pra_jax import config_check
+  app.run(config_check.cli(main), flags_parser=config_check.parse_flags)

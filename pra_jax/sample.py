@@ -73,15 +73,15 @@ def restore_model(config, workdir: str, use_ema: bool = True):
   """The (EMA) model of the newest good checkpoint in workdir."""
   from pra_jax import train  # Deferred: train imports this module for its sample grids.
 
-  config_check.validate(config)
+  with config_check.user_input():
+    config_check.validate(config)
+    checkpoint.check_readable(workdir, config)  # Refuses another run's config; writes nothing.
   ckpt = checkpoint.Checkpointer(workdir, config.checkpoint, read_only=True)
-  if not ckpt.all_steps():
-    raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: train first with "
-                            f"python -m pra_jax.main --config=... --workdir={workdir}")
   mesh = sharding.make_mesh(config.sharding.mesh)
   bundle = train.create_bundle(config, mesh)
   graphdef, state = nnx.split(bundle)
-  state, step = ckpt.restore_latest(state)
+  with config_check.user_input():
+    state, step = ckpt.restore_latest(state)
   if state is None:
     raise ValueError(f"no checkpoint in {ckpt.directory} restores into this config's model")
   bundle = nnx.merge(graphdef, state)
@@ -117,6 +117,10 @@ def main(argv):
     raise app.UsageError("--config, --workdir and --out are required")
   if not out.endswith(".npz"):
     raise app.UsageError(f"--out must name a .npz file, got {out}")
+  with config_check.user_input():  # Before anything compiles.
+    config_check.check_number("--num_images", f["num_images"], 1, float("inf"))
+    if f["cfg"] is not None:
+      config_check.check_number("--cfg", f["cfg"], 0.0, float("inf"))
   num_classes = config.data.num_classes
   classes = [int(c) for c in f["classes"]] if f["classes"] else list(range(num_classes))
   classes = sampler.check_labels(classes, num_classes).tolist()
@@ -140,4 +144,4 @@ def main(argv):
 
 if __name__ == "__main__":
   _FLAGS.update(_define_flags())
-  app.run(main)
+  app.run(config_check.cli(main), flags_parser=config_check.parse_flags)

@@ -137,6 +137,19 @@ def test_folder_decodes_converts_and_labels(tmp_path, channels):
     np.testing.assert_allclose(rgb, expected, atol=3, err_msg=path)
 
 
+def test_16_bit_grayscale_png_keeps_its_brightness(tmp_path):
+  rng = np.random.default_rng(0)
+  wide = rng.integers(0, 65536, (16, 16)).astype(np.uint16)
+  path = tmp_path / "wide.png"
+  Image.fromarray(wide).save(path)
+  with Image.open(path) as img:
+    assert img.mode in ("I;16", "I")
+    for channels in (1, 3):
+      pixels = data._preprocess(img, channels, 16)
+      assert pixels.shape == (16, 16, channels)
+      np.testing.assert_allclose(pixels[..., 0], np.round(wide / 257.0), atol=1)
+
+
 def test_resize_and_center_crop_keeps_the_middle():
   # 90 x 30: three 30-wide stripes; the centred square is the green one.
   pixels = np.zeros((30, 90, 3), np.uint8)

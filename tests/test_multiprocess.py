@@ -11,6 +11,7 @@ and resumed to 6 must agree step by step with the reference's uninterrupted 6.
 import glob
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -128,3 +129,78 @@ def test_two_processes_match_one_and_resume_together(tmp_path):
   assert sorted(got) == list(range(1, 7)), got
   diffs = [abs(got[s] - expected[s]) for s in range(1, 7)]
   assert max(diffs) <= 1e-5, {"two processes": got, "one process": expected}
+
+
+def _start_pair(workdir, env, *flags):
+  """Two pra_jax.main processes joined over 127.0.0.1, started directly so that a test can
+  signal one of them."""
+  import socket
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  env = dict(env, XLA_FLAGS=env["XLA_FLAGS"] + " --xla_force_host_platform_device_count=1")
+  os.makedirs(os.path.join(workdir, "logs"), exist_ok=True)
+  procs = []
+  for i in range(2):
+    log = open(os.path.join(workdir, "logs", f"process_{i}.log"), "a")
+    procs.append(subprocess.Popen(
+        [sys.executable, "-m", "pra_jax.main", f"--workdir={workdir}", "--config=configs/tiny.py",
+         f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}",
+         *OVERRIDES, *flags], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT))
+  return procs
+
+
+def _wait_for_step(procs, workdir, step, timeout=400):
+  import time
+  deadline = time.time() + timeout
+  while not os.path.isdir(os.path.join(workdir, "checkpoints", str(step))):
+    assert all(p.poll() is None for p in procs), [p.poll() for p in procs]
+    assert time.time() < deadline, f"no checkpoint {step} after {timeout} s"
+    time.sleep(0.05)
+
+
+# The stated bound for the survivor of a killed peer: its next collective fails (Gloo sees the
+# connection reset) and it exits with status 3 at once (two processes), or after the
+# coordinator's answer, itself bounded by train.LOST_PEER_QUERY_S (more processes); with no
+# collective running (a save's barrier), main's --heartbeat_timeout (30 s) ends it.
+# Measured: 5-6 s mid-step here.
+LOST_PEER_BOUND_S = 45
+
+
+def test_sigterm_to_one_process_stops_both_then_a_killed_peer_ends_the_survivor(tmp_path):
+  import signal
+  import time
+  workdir = str(tmp_path / "run")
+  env = _env()
+  started = []  # Every process this test starts, killed at the end if still alive.
+  try:
+    procs = _start_pair(workdir, env, "--config.train.num_steps=100000")
+    started += procs
+    _wait_for_step(procs, workdir, 2)
+    procs[1].send_signal(signal.SIGTERM)  # Only one process hears of the preemption.
+    for p in procs:
+      assert p.wait(timeout=120) == 0, [_log(workdir, i)[-3000:] for i in range(2)]
+    stops = [re.findall(r"Preempted at step (\d+): checkpoint saved", _log(workdir, i))
+             for i in range(2)]
+    assert stops[0] and stops[0] == stops[1], stops   # The same step on both.
+    step = int(stops[0][0])
+    assert str(step) in os.listdir(os.path.join(workdir, "checkpoints"))
+
+    procs = _start_pair(workdir, env, "--config.train.num_steps=100000")
+    started += procs
+    _wait_for_step(procs, workdir, step + 2 - step % 2)
+    time.sleep(1.0)  # Mid-step, not inside the save's barrier (that case waits the heartbeat).
+    procs[1].send_signal(signal.SIGKILL)
+    killed = time.time()
+    rc = procs[0].wait(timeout=LOST_PEER_BOUND_S + 60)
+    took = time.time() - killed
+    procs[1].wait()
+    log = _log(workdir, 0)
+    assert rc == 3, log[-3000:]
+    assert "Process 0 of 2 lost a peer: process 1." in log, log[-3000:]
+    print(f"survivor exited {took:.1f} s after its peer was killed")
+    assert took < LOST_PEER_BOUND_S, took
+  finally:
+    for p in started:
+      if p.poll() is None:
+        p.kill()

@@ -45,8 +45,8 @@ def final_params(workdir: str, config) -> list[np.ndarray]:
   return [np.asarray(x) for x in jax.tree.leaves(restored["model"])]
 
 
-def start_run(workdir, *flags):
-  env = dict(os.environ, PYTHONPATH=REPO)
+def start_run(workdir, *flags, env=None):
+  env = dict(os.environ, PYTHONPATH=REPO, **(env or {}))
   return subprocess.Popen([sys.executable, "-m", "pra_jax.main", f"--workdir={workdir}",
                            *_RUN_FLAGS, *flags], cwd=REPO, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
@@ -80,23 +80,34 @@ def test_sigkill_after_checkpoint_resumes_bit_exact(tmp_path):
   train.train_and_evaluate(config, ref_dir)
   ref_losses = read_scalars(ref_dir, "train/total")
 
-  # The same command, SIGKILLed as soon as its step-N checkpoint is committed, then rerun.
+  # The same command with asynchronous saves every N/2 steps, SIGKILLed while its step-N save
+  # is being written (its temporary directory exists), then rerun: it resumes from N/2 (or from
+  # N, if the write won the race) and cleans the torn save away.
   run_dir = str(tmp_path / "run")
-  flags = [f"--config.train.num_steps={2 * n}", f"--config.checkpoint.every={n}"]
+  flags = [f"--config.train.num_steps={2 * n}", f"--config.checkpoint.every={n // 2}",
+           "--config.checkpoint.async_save=true"]
   proc = start_run(run_dir, *flags)
-  wait_for_checkpoint(proc, run_dir, n)
+  ckpt_dir = os.path.join(run_dir, "checkpoints")
+  deadline = time.time() + 400
+  while not (os.path.isdir(ckpt_dir) and any(
+      name.split(".")[0] == str(n) for name in os.listdir(ckpt_dir))):
+    assert proc.poll() is None and time.time() < deadline, proc.stdout.read()[-3000:]
+    time.sleep(0.01)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   assert proc.returncode == -signal.SIGKILL
-  assert not os.path.isdir(os.path.join(run_dir, "checkpoints", str(2 * n))), \
+  assert not os.path.isdir(os.path.join(ckpt_dir, str(2 * n))), \
       "the run finished before it was killed: the test proves nothing"
   proc = start_run(run_dir, *flags)
   log = proc.communicate(timeout=400)[0]
   assert proc.returncode == 0, log[-3000:]
-  assert f"Resumed from {os.path.join(run_dir, 'checkpoints')} at step {n}" in log
+  resumed = int(re.search(rf"Resumed from {re.escape(ckpt_dir)} at step (\d+)", log).group(1))
+  assert resumed in (n // 2, n), resumed
+  print(f"SIGKILL during the async save of step {n}: resumed from step {resumed}")
+  assert not any("orbax-checkpoint-tmp" in name for name in os.listdir(ckpt_dir))
 
   run_losses = read_scalars(run_dir, "train/total")
-  for step in range(n + 1, 2 * n + 1):
+  for step in range(resumed + 1, 2 * n + 1):
     assert run_losses[step] == ref_losses[step], (step, run_losses[step], ref_losses[step])
   for a, b in zip(final_params(run_dir, config), final_params(ref_dir, config)):
     np.testing.assert_array_equal(a, b)
@@ -120,6 +131,60 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
   assert max(read_scalars(workdir, "train/total")) == step + 1
 
 
+def wait_for_line(proc, text, timeout=400):
+  """Reads the run's output until a line contains `text`; returns everything read."""
+  seen, deadline = [], time.time() + timeout
+  for line in proc.stdout:
+    seen.append(line)
+    if text in line:
+      return "".join(seen)
+    assert time.time() < deadline, f"no {text!r} after {timeout}s"
+  raise AssertionError(f"the run ended before {text!r}: {''.join(seen)[-3000:]}")
+
+
+# The stated bound of a SIGTERM when nothing was trained since the last checkpoint (measured
+# 0.1-0.3 s from signal to exit on this machine; the rest is slack for a loaded CI runner).
+EXIT_AT_ONCE_S = 5
+
+
+def test_sigterm_during_compile_exits_at_once_and_writes_nothing(tmp_path):
+  workdir = str(tmp_path)
+  train.train_and_evaluate(tiny_config(num_steps=2), workdir)
+  before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+  # No compilation cache: the resumed run's step compiles for seconds, and the signal comes then.
+  env_off = {"JAX_ENABLE_COMPILATION_CACHE": "false"}
+  proc = start_run(workdir, "--config.train.num_steps=100000", env=env_off)
+  out = wait_for_line(proc, "Resumed from")
+  sent = time.time()
+  proc.send_signal(signal.SIGTERM)
+  out += proc.communicate(timeout=120)[0]
+  took = time.time() - sent
+  assert proc.returncode == 0, out[-3000:]
+  assert "nothing trained since the last checkpoint: exiting now" in out, out[-3000:]
+  print(f"SIGTERM during the compile: exit {took:.2f} s after the signal")
+  assert took < EXIT_AT_ONCE_S, took
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
+
+
+def test_sigterm_during_periodic_eval_abandons_it_and_saves(tmp_path):
+  workdir = str(tmp_path)
+  # The eval at step 3 samples 2000 images and trains the digits judge: tens of seconds.
+  proc = start_run(workdir, "--config.train.num_steps=100000", "--config.checkpoint.every=2",
+                   "--config.train.eval_every=3", "--config.eval.num_images=2000")
+  wait_for_checkpoint(proc, workdir, 2)
+  time.sleep(1.0)  # Step 3 trains, and its eval begins.
+  sent = time.time()
+  proc.send_signal(signal.SIGTERM)
+  out = proc.communicate(timeout=300)[0]
+  took = time.time() - sent
+  assert proc.returncode == 0, out[-3000:]
+  assert "SIGTERM during the periodic eval at step 3: abandoned it" in out, out[-3000:]
+  assert "Preempted at step 3: checkpoint saved" in out, out[-3000:]
+  assert 3 in checkpoint.Checkpointer(workdir, tiny.get_config().checkpoint).all_steps()
+  print(f"SIGTERM during a periodic eval: exit {took:.1f} s after the signal")
+  assert took < 30, took
+
+
 def test_torn_newest_checkpoint_is_skipped_and_kept(tmp_path, caplog):
   workdir = str(tmp_path)
   config = tiny_config(num_steps=4)
@@ -140,6 +205,7 @@ def test_torn_newest_checkpoint_is_skipped_and_kept(tmp_path, caplog):
   assert any(n.startswith("4.unreadable") for n in names), names   # Kept, not deleted.
   # Resumed from step 2: steps 3..5 ran again and step 4 was written anew.
   assert {"4", "5"} <= set(names), names
+  assert not any("orbax-checkpoint-tmp" in n for n in names), names  # The torn save is gone.
   assert read_scalars(workdir, "train/total")[3]
 
 

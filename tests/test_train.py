@@ -53,12 +53,23 @@ def test_sampling_a_workdir_without_checkpoint(tmp_path):
     sample.restore_model(tiny.get_config(), str(tmp_path))
 
 
-def test_unknown_config_key_is_one_clear_error(tmp_path):
-  proc = run_module("pra_jax.main", "--config=configs/tiny.py", f"--workdir={tmp_path}",
-                    "--config.train.no_such_key=1")
-  assert proc.returncode != 0
-  assert "no_such_key" in proc.stderr
-  assert not os.path.exists(tmp_path / "checkpoints")
+@pytest.mark.parametrize("module,args,message", [
+    ("pra_jax.main", ["--config.train.num_step=5"],
+     "error: --config.train.num_step: no such config key in configs/tiny.py (did you mean "
+     "train.num_steps?)"),
+    ("pra_jax.main", ["--no_workdir"], "error: --workdir is required"),
+    ("pra_jax.main", ["--config.train.lr=-1"],
+     "error: config train.lr must be a number in (0.0, inf), got -1.0"),
+    ("pra_jax.sample", ["--cfg=-2", "--out=x.npz"], "error: --cfg must be a number in [0.0, inf)"),
+])
+def test_user_errors_are_one_line_and_exit_2(tmp_path, module, args, message):
+  workdir = [] if "--no_workdir" in args else [f"--workdir={tmp_path / 'run'}"]
+  args = [a for a in args if a != "--no_workdir"]
+  proc = run_module(module, "--config=configs/tiny.py", *workdir, *args)
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(message), proc.stderr[-3000:]
+  assert not os.path.exists(tmp_path / "run")
 
 
 @pytest.mark.parametrize("field,value,match", [
@@ -116,5 +127,5 @@ def test_workdir_of_another_model_is_refused(tmp_path):
   config.train.num_steps = config.checkpoint.every = 1
   train.train_and_evaluate(config, workdir)
   config.model.backbone.width = 64
-  with pytest.raises(ValueError, match="holds checkpoints of a different model"):
+  with pytest.raises(ValueError, match="another run: model.backbone.width: 32 -> 64"):
     train.train_and_evaluate(config, workdir)
