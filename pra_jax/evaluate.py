@@ -93,6 +93,30 @@ def evaluate_inception(samples, labels, ref_path: str, inception_path: str,
   return metrics
 
 
+def judge_cache(samples_path: str) -> str:
+  """Where the digits judge is cached for these samples: the `eval_cache` the trainer filled
+  (samples written into a run's workdir, or a folder below it), else a new one beside them."""
+  folder = os.path.dirname(os.path.abspath(samples_path))
+  for candidate in (folder, os.path.dirname(folder)):
+    if os.path.isdir(os.path.join(candidate, "eval_cache")):
+      return os.path.join(candidate, "eval_cache")
+  return os.path.join(folder, "eval_cache")
+
+
+def summary_line(metrics: dict) -> str:
+  """The headline numbers, each distance with the sample count it was measured on: FD and FID
+  fall as the count grows, so they compare only at equal counts."""
+  n = metrics.get("digits_num_images", metrics.get("num_images"))
+  n = f"{int(n)} samples" if n is not None else "samples"
+  if "digits_fd" in metrics:
+    return (f"digits: {100 * metrics['digits_accuracy']:.1f}% recognised as the requested class, "
+            f"FD {metrics['digits_fd']:.2f} on {n} (judge: "
+            f"{100 * metrics['digits_classifier_eval_accuracy']:.1f}% on held-out scans)")
+  parts = [f"{k} {metrics[k]:.3f}" for k in ("fid", "sfid", "inception_score", "precision",
+                                             "recall") if k in metrics]
+  return f"{', '.join(parts)} on {n}"
+
+
 def metrics_path(samples_path: str) -> str:
   """samples.npz -> samples.metrics.json, beside it."""
   root, ext = os.path.splitext(samples_path)
@@ -146,13 +170,13 @@ def main(argv):
                                  f["is_split_size"], f["pr_distances"])
   else:
     digits = importlib.import_module("pra_jax.metrics.digits")  # Only this branch needs it.
-    cache_dir = f["cache_dir"] or os.path.dirname(os.path.abspath(f["samples"]))
-    metrics = digits.evaluate_digits(images, labels, cache_dir)
+    metrics = digits.evaluate_digits(images, labels, f["cache_dir"] or judge_cache(f["samples"]))
   metrics = {k: v.item() if hasattr(v, "item") else v for k, v in metrics.items()}
   out = metrics_path(f["samples"])
   with open(out, "w") as fp:
     json.dump(metrics, fp, indent=2, sort_keys=True)
   print(json.dumps(metrics, sort_keys=True))
+  print(summary_line(metrics))
   logging.info("wrote %s", out)
 
 

@@ -1,13 +1,25 @@
-"""Entry point: flags, distributed runtime, versions and devices, then train_and_evaluate.
+"""Trains a PRA model: python -m pra_jax.main --config=CONFIG --workdir=DIR [overrides]
 
-  python -m pra_jax.main --config=configs/demo.py --workdir=/tmp/pra_demo
+  .venv/bin/python -m pra_jax.main --config=configs/demo.py --workdir=/tmp/pra_demo
+
+--workdir is required: checkpoints, TensorBoard logs, sample grids and config.json go there, and
+a rerun with the same workdir resumes. --config is a file in configs/ (demo.py by default;
+tiny.py, pra_s.py, pra_b.py, pra_l.py). Any config field can be overridden on the command line
+as --config.<section>.<field>=value, e.g.
+  --config.train.num_steps=500 --config.rollout.mode=teacher --config.data.source=synthetic
+Sections: data, model (.backbone, .head, .state), rollout, loss, train, eval, sharding,
+checkpoint, sample. Every field, its default and its allowed values: configs/common.py. A
+misspelled field is refused with the nearest names.
+
+Entry point: flags, distributed runtime, versions and devices, then train.train_and_evaluate.
 """
 
-import logging as pylogging
 import os
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from pra_jax import quiet
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Config file of the run.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, samples.")
@@ -41,13 +53,6 @@ def _initialize_distributed():
                                heartbeat_timeout_seconds=_HEARTBEAT.value)
 
 
-def _quiet_library_logs():
-  """Orbax logs every file it writes at INFO; keep its warnings, drop the chatter."""
-  def keep(record):
-    return record.levelno >= pylogging.WARNING or "/orbax/" not in record.pathname
-  logging.get_absl_handler().addFilter(keep)
-
-
 def _check_inputs():
   """Everything about the user's input that is known before jax or TensorFlow start."""
   from pra_jax import checkpoint, config_check
@@ -61,7 +66,7 @@ def _check_inputs():
 
 
 def main(argv):
-  _quiet_library_logs()
+  quiet.quiet_library_logs()
   if len(argv) > 1:
     from pra_jax import config_check
     config_check.usage_error(f"unexpected arguments: {' '.join(argv[1:])}")

@@ -118,6 +118,26 @@ def train_step(graphdef, state, images, labels, *, config):
   return new_state, metrics
 
 
+PARAMS_FILE = "params.txt"
+
+
+class _LogWriter(metric_writers.LoggingWriter):
+  """The log's writer: scalars as CLU logs them; the hyperparameters, one line of every field,
+  only on TensorBoard's HPARAMS tab and in config.json."""
+
+  def write_hparams(self, hparams):
+    logging.info("Hyperparameters: %d fields, on TensorBoard's HPARAMS tab and in %s.",
+                 len(hparams), checkpoint.CONFIG_FILE)
+
+
+def _make_writer(workdir: str):
+  """Log and TensorBoard on process 0; the log only elsewhere (one dashboard per run)."""
+  writers = [_LogWriter()]
+  if jax.process_index() == 0:
+    writers.append(metric_writers.SummaryWriter(workdir))
+  return metric_writers.AsyncMultiWriter(writers)
+
+
 def _flat_hparams(tree: dict, prefix: str = "") -> dict:
   """Nested config -> {'model.backbone.width': 768, ...} of scalars, as TensorBoard wants them."""
   out = {}
@@ -317,9 +337,9 @@ def _train(config, workdir, overwrite, preemption) -> dict:
   logging.info("Parameters: %s", pra.count_params(bundle.model))
   graphdef, state = nnx.split(bundle)
   del bundle
-  for path, leaf in jax.tree_util.tree_leaves_with_path(nnx.state(nnx.merge(graphdef, state).model)):
-    logging.log_first_n(logging.INFO, "param %s %s %s %s", 1000, jax.tree_util.keystr(path),
-                        leaf.shape, leaf.dtype, leaf.sharding.spec)
+  param_table = [f"{jax.tree_util.keystr(path)} {tuple(leaf.shape)} {leaf.dtype} {leaf.sharding.spec}"
+                 for path, leaf in jax.tree_util.tree_leaves_with_path(
+                     nnx.state(nnx.merge(graphdef, state).model))]
   state_sharding = jax.tree.map(lambda a: a.sharding, state)
 
   # -- restore ---------------------------------------------------------------------------
@@ -335,6 +355,11 @@ def _train(config, workdir, overwrite, preemption) -> dict:
   start_step = start_step or 0
   # The run starts: from here on it writes.
   checkpoint.record_config(plan, start_step)
+  if jax.process_index() == 0:   # One line per parameter: shape, dtype, sharding.
+    with open(os.path.join(workdir, PARAMS_FILE), "w") as f:
+      f.write("\n".join(param_table) + "\n")
+    logging.info("Per-parameter shapes, dtypes and shardings: %s",
+                 os.path.join(workdir, PARAMS_FILE))
   ckpt.manager.reload()
   ckpt.clean_torn_saves()
 
@@ -343,7 +368,7 @@ def _train(config, workdir, overwrite, preemption) -> dict:
                     out_shardings=(state_sharding, None))
 
   # -- loop ------------------------------------------------------------------------------
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  writer = _make_writer(workdir)
   if start_step == 0:
     writer.write_hparams(_flat_hparams(config.to_dict()))
   if config.data.source == "synthetic":   # Labelled on the dashboard, not only in the log.
@@ -384,7 +409,14 @@ def _train(config, workdir, overwrite, preemption) -> dict:
         bad_images += int(np.sum(batch.pop("bad")))
         batch = sharding.global_batch(batch, mesh)
         profiler(step, state)
+        if step == start_step + 1:
+          logging.info("Compiling the train step (a minute or two on a CPU) ...")
+          t_compile = time.perf_counter()
         state, metrics = step_fn(state, batch["image"], batch["label"])
+        if step == start_step + 1:
+          jax.block_until_ready(metrics)
+          logging.info("Train step compiled and step %d run in %.1f s.", step,
+                       time.perf_counter() - t_compile)
         preemption.dirty = True  # Only now: a SIGTERM while this step compiled loses nothing.
         if pending is not None:
           flush(pending)  # Fetch step - 1 while step runs: the host never waits on the device.
