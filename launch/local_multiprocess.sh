@@ -11,7 +11,8 @@
 #        MODULE=pra_jax.sample launch/local_multiprocess.sh 2 /tmp/pra_mp \
 #          --config=configs/tiny.py --out=/tmp/pra_mp/samples.npz
 # Env:   MODULE               the program (default: pra_jax.main)
-#        LOGDIR               per-process logs (default: WORKDIR/logs)
+#        LOGDIR               per-process logs (default: WORKDIR/logs; WORKDIR/logs/sample
+#                             for pra_jax.sample, so that training's logs stay)
 #        PYTHON               interpreter (default: python)
 #        PORT                 coordinator port (default: a free one)
 #        DEVICES_PER_PROCESS  fake CPU devices per process (default: 1)
@@ -22,7 +23,7 @@
 set -euo pipefail
 
 if [[ $# -lt 2 ]]; then
-  sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 fi
 NUM_PROCESSES=$1
@@ -34,7 +35,11 @@ PYTHON=${PYTHON:-python}
 DEVICES_PER_PROCESS=${DEVICES_PER_PROCESS:-1}
 free_port='import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 PORT=${PORT:-$("$PYTHON" -c "$free_port")}
-LOGDIR=${LOGDIR:-$WORKDIR/logs}
+if [[ "$MODULE" == pra_jax.main ]]; then
+  LOGDIR=${LOGDIR:-$WORKDIR/logs}
+else
+  LOGDIR=${LOGDIR:-$WORKDIR/logs/${MODULE##*.}}
+fi
 mkdir -p "$LOGDIR"
 
 pids=()

@@ -137,7 +137,7 @@ class Plan:
   seed: int
   settings: sampler.SampleSettings
   classes: list
-  labels_N: np.ndarray       # Image k's class: every class in turn, `per class` images each.
+  labels_N: np.ndarray       # Image k's class: the classes in order, an equal run of each.
   chunk_size: int
   per_device_batch: int
 
@@ -188,7 +188,7 @@ def plan_run(config, workdir: str, out: str, *, num_images=None, classes=None, s
   classes = list(range(config.data.num_classes)) if classes is None else list(classes)
   classes = sampler.check_labels(classes, config.data.num_classes).tolist()
   num_images = PER_CLASS * len(classes) if num_images is None else num_images
-  per_device_batch = per_device_batch or config.sample.batch_size
+  per_device_batch = config.sample.batch_size if per_device_batch is None else per_device_batch
   for name, value in (("num_images", num_images), ("per_device_batch", per_device_batch),
                       ("chunk_size", chunk_size)):
     if value is not None and (not isinstance(value, int) or value <= 0):
@@ -205,8 +205,9 @@ def plan_run(config, workdir: str, out: str, *, num_images=None, classes=None, s
     raise ValueError(f"--checkpoint_step={step}: {ckpt.directory} holds steps {available}")
   # The chunk size fixes the folder's layout: a rerun keeps the recorded one, whatever its
   # device count (the first run's default is one global batch).
-  recorded = sample_store.read_manifest(chunk_dir) or {}
-  chunk_size = chunk_size or recorded.get("chunk_size") or per_device_batch * jax.device_count()
+  if chunk_size is None:
+    recorded = sample_store.read_manifest(chunk_dir) or {}
+    chunk_size = recorded.get("chunk_size") or per_device_batch * jax.device_count()
   plan = Plan(out=out, chunk_dir=chunk_dir, workdir=workdir, step=step, use_ema=use_ema,
               seed=seed, settings=settings, classes=classes,
               labels_N=class_rows(classes, -(-num_images // len(classes)))[:num_images],
