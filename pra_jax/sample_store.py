@@ -125,9 +125,11 @@ def check_manifest(folder: str, settings: dict, *, write: bool) -> None:
   if diff:
     shown = "; ".join(f"{k}: {_short(old.get(k))} there, {_short(settings.get(k))} now"
                       for k in diff)
+    hint = (f"; --checkpoint_step={old['checkpoint.step']} samples the folder's checkpoint"
+            if "checkpoint.step" in diff else "")
     raise SettingsMismatch(
         f"chunk folder {folder} holds samples made with other settings ({shown}); give another "
-        f"--chunk_dir (or --out), or delete the folder to start again")
+        f"--chunk_dir (or --out), or delete the folder to start again{hint}")
 
 
 def _short(value) -> str:

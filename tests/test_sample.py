@@ -184,3 +184,25 @@ def test_image_k_is_keyed_by_seed_and_k_alone():
                             settings)
   np.testing.assert_array_equal(middle, images[3:7])
   assert len({im.tobytes() for im in images}) == 8
+
+
+def test_manifest_and_npz_files(tmp_path):
+  folder = str(tmp_path / "chunks")
+  settings = {"seed": 0, "checkpoint.step": 2, "classes": [1, 2]}
+  sample_store.check_manifest(folder, settings, write=True)
+  sample_store.check_manifest(folder, dict(settings), write=True)  # The same settings: resumed.
+  with pytest.raises(sample_store.SettingsMismatch,
+                     match=r"checkpoint.step: 2 there, 4 now\).*--checkpoint_step=2"):
+    sample_store.check_manifest(folder, {**settings, "checkpoint.step": 4}, write=True)
+  # A streamed entry whose blocks do not fill its shape leaves no file behind, torn or not.
+  path = str(tmp_path / "x.npz")
+  with pytest.raises(ValueError, match="expected 24"):
+    sample_store.write_npz(path, {"a": ((2, 3), np.float32, [np.zeros(3, np.float32)])})
+  assert os.listdir(tmp_path) == ["chunks"]
+  sample_store.write_npz(path, {"a": ((2, 3), np.float32, [np.ones(3), np.zeros(3)])})
+  first = _read(path)
+  with np.load(path, allow_pickle=False) as f:
+    np.testing.assert_array_equal(f["a"], [[1, 1, 1], [0, 0, 0]])
+  time.sleep(2.1)  # Past a tick of the zip format's 2-second clock: the bytes must not move.
+  sample_store.write_npz(path, {"a": np.array([[1, 1, 1], [0, 0, 0]], np.float32)})
+  assert _read(path) == first
