@@ -106,7 +106,6 @@ class DataParallelGenerator:
     return np.concatenate(index), np.concatenate(images)
 
 
-
 def any_process(flag: bool) -> bool:
   """True on every process if it is True on any (all stop after the same chunk). Called after
   each process has written its part of a chunk, it is also the barrier before the commit."""
