@@ -1,14 +1,19 @@
-"""Sampling time with the KV cache against full recomputation, and per-token step time over the
-sequence (first vs last quarter of positions, which the cache should keep flat).
+"""Sampling time with the KV cache against full recomputation, per-token step time over the
+sequence (first vs last quarter of positions, which the cache should keep flat), and
+throughput at a batch that fills the machine, with its FLOP utilisation.
 
   python benchmarks/bench_sampler.py --config=benchmarks/mid.py
 
 Both totals time sampler.rollout to uint8 images as sampler.generate runs it (one compiled loop
 over all positions, compiled ahead of time and excluded). The per-token times come from the
 same work done one position per call: a KV-cached backbone step, the head's ODE (with CFG when
-sample.cfg != 1) and the pixel decoder. Prints one line.
+sample.cfg != 1) and the pixel decoder. Throughput runs what python -m pra_jax.sample runs (the
+data-parallel generator over every local device) at --throughput_batch images per call; its
+utilisation divides the analytic FLOPs of `sampler_flops` by the best rate of a standalone
+jnp.dot sweep, measured first, before anything else has run in the process. Prints one line.
 """
 
+import copy
 import dataclasses
 import time
 
@@ -20,8 +25,9 @@ from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
-from pra_jax import sampler
+from pra_jax import sample_parallel, sampler
 from pra_jax.models import head as head_lib
+from pra_jax.models import layers
 from pra_jax.models import pra
 
 _CONFIG = config_flags.DEFINE_config_file("config", "benchmarks/mid.py", "Config to time.")
@@ -29,6 +35,8 @@ _QUICK = flags.DEFINE_bool("quick", False, "One repeat of each (for the tests)."
 _BATCH = flags.DEFINE_integer("batch", 1, "Images per sampling call.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls of the KV-cached sampler.")
 _FULL = flags.DEFINE_integer("full_repeats", 1, "Timed calls of the full-recompute sampler.")
+_THROUGHPUT_BATCH = flags.DEFINE_integer("throughput_batch", 64,
+                                         "Images per call for the throughput figure.")
 
 FLAT_TARGET = 1.5
 
@@ -44,6 +52,98 @@ def compiled_sampler(model, labels, key, settings):
   labels = jnp.asarray(sampler.check_labels(labels, model.num_classes))
   compiled = jax.jit(generate).lower(state, labels).compile()
   return lambda: compiled(state, labels)
+
+
+def sampler_matmul_peak(dtype, sizes=(512, 1024, 2048), repeats: int = 5) -> tuple[float, int]:
+  """(FLOP/s, n) of the fastest square jnp.dot over `sizes`: the denominator of utilisation.
+
+  Run before anything else in the process: a product timed after big programs have run reads
+  far lower than alone (about half, by the ECOSYSTEM notes' measurement on this machine).
+  """
+  best, best_n = 0.0, sizes[0]
+  for n in sizes:
+    a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+    b = jax.random.normal(jax.random.key(1), (n, n), dtype)
+    dot = jax.jit(jnp.dot)
+    rate = 2 * n ** 3 / min(C.time_calls(lambda: dot(a, b), repeats, warmup=1))
+    if rate > best:
+      best, best_n = rate, n
+  return best, best_n
+
+
+def sampler_flops(config, settings: sampler.SampleSettings) -> dict[str, float]:
+  """Analytic FLOPs of generating one image, as sampler.rollout computes it.
+
+  Matrix multiplies only (2 FLOPs per multiply-add). Rows per image: 2 when guided ([cond;
+  uncond]) through the backbone and the head, 1 through the decoder. Backbone: the class tokens
+  (prefill) and N - 1 cached steps, each attending over the whole cache of S = C + N - 1
+  positions (the unused part is masked, not skipped). Head: `num_steps` ODE steps per patch,
+  two velocity evaluations per step for Heun (its last step computes and discards one).
+  """
+  d, m = config.data, config.model
+  b, h, s = m.backbone, m.head, m.state
+  n = (d.image_size // m.patch_size) ** 2
+  p = m.patch_size ** 2 * d.channels
+  z = p if m.direct_pixel else s.dim
+  width, mlp = b.width, int(b.width * b.mlp_ratio)
+  gated = 3 if b.mlp_type == "swiglu" else 2
+  cache = b.num_class_tokens + n - 1
+  rows = 2 if settings.cfg != 1.0 else 1
+  per_token = b.depth * (2 * 4 * width ** 2 + 2 * gated * width * mlp + 2 * 2 * cache * width)
+  backbone = rows * (cache * per_token + (n - 1) * 2 * p * width)
+  w = h.width
+  head_row = 2 * (256 * w + w * w + width * w + z * w + h.depth * 5 * w * w + 2 * w * w + w * z)
+  evals = settings.num_steps * (2 if settings.solver == "heun" else 1)
+  head = rows * n * evals * head_row
+  decoder = 0 if m.direct_pixel else n * 2 * (
+      s.dim * s.width + s.depth * 2 * s.width ** 2 + s.width * p
+      + (width * s.width if s.decoder_context else 0))
+  return {"backbone": backbone, "head": head, "decoder": decoder,
+          "total": backbone + head + decoder}
+
+
+def xla_position_flops(config, settings: sampler.SampleSettings) -> tuple[float, float]:
+  """(XLA's, analytic) FLOPs of one position for one image with one head ODE step: a cached
+  backbone step, one head velocity evaluation and the decoder, compiled from abstract weights
+  with the layer stack unrolled (XLA's cost analysis counts a loop body once)."""
+  config = copy.deepcopy(config)
+  config.model.backbone.scan_layers = False
+  one = dataclasses.replace(settings, num_steps=1, solver="euler")
+  graphdef, state = nnx.split(pra.abstract_model(config))
+  state = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state)  # No mesh.
+  guided = one.cfg != 1.0
+  rows = 2 if guided else 1
+
+  def position(state, x_GP, cache):
+    m = nnx.merge(graphdef, state)
+    h, cache = m.backbone.step(x_GP, jnp.int32(m.num_patches // 2), cache)
+    g = head_lib.sample(m.head, h[:1], jnp.zeros((1, m.gen_dim)), num_steps=1,
+                        h_uncond_MD=h[1:] if guided else None, cfg_scale=one.cfg)
+    return m.decode(g, h[:1]), cache
+
+  model = nnx.merge(graphdef, state)
+  cache = jax.eval_shape(lambda: model.backbone.init_cache(rows))
+  x = jax.ShapeDtypeStruct((rows, model.patch_dim), jnp.float32)
+  cost = jax.jit(position).lower(state, x, cache).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  f = sampler_flops(config, one)
+  n = model.num_patches
+  tokens = config.model.backbone.num_class_tokens + n - 1
+  # Per position: one backbone token (the input projection is spread over the N - 1 steps).
+  analytic = f["backbone"] / tokens + (f["head"] + f["decoder"]) / n
+  return float(cost.get("flops", float("nan"))), analytic
+
+
+def throughput(model, config, settings, batch: int, repeats: int) -> tuple[float, float, int]:
+  """(images/s, seconds per call, batch) of the data-parallel generator at `batch` images per
+  call (rounded up to a multiple of the local device count), compiled before timing."""
+  mesh = sample_parallel.sampling_mesh(jax.local_devices())
+  generator = sample_parallel.DataParallelGenerator(model, mesh, settings, 0,
+                                                    -(-batch // mesh.size))
+  index = np.arange(generator.batch)
+  labels = (index % config.data.num_classes).astype(np.int32)
+  seconds = C.median(C.time_calls(lambda: generator.dispatch(index, labels), repeats, warmup=0))
+  return generator.batch / seconds, seconds, generator.batch
 
 
 def per_token_times(model, labels, settings, key) -> tuple[list[float], list[float]]:
@@ -99,6 +199,9 @@ def main(argv):
   del argv
   config = _CONFIG.value
   repeats = 1 if _QUICK.value else _REPEATS.value
+  # The peak first, before any other program has run in this process.
+  peak, peak_n = sampler_matmul_peak(layers.dtype_of(config.model.backbone.dtype),
+                                     (256, 512) if _QUICK.value else (512, 1024, 2048))
   model = pra.create_model(config)
   labels = np.arange(_BATCH.value, dtype=np.int32) % config.data.num_classes
   settings = sampler.SampleSettings.from_config(config.sample)
@@ -112,12 +215,25 @@ def main(argv):
   first, last = (C.median(t) for t in per_token_times(model, jnp.asarray(labels), settings, key))
   ratio = max(last / first, first / last)
   verdict = "met" if ratio <= FLAT_TARGET else "MISSED"
+  images_per_s, call_s, batch = throughput(model, config, settings, _THROUGHPUT_BATCH.value,
+                                           repeats)
+  flops = sampler_flops(config, settings)
+  xla_position, analytic_position = xla_position_flops(config, settings)
+  achieved = flops["total"] * images_per_s
   print(f"bench_sampler | {C.machine()} | config={C.config_name(flags.FLAGS['config'])} "
         f"tokens={model.num_patches} batch={_BATCH.value} cfg={settings.cfg:g} "
         f"head_steps={settings.num_steps} | kv-cache {total[True]:.3f} s, full recompute "
         f"{total[False]:.3f} s: {total[False] / total[True]:.1f}x | per token first quarter "
         f"{first * 1e3:.2f} ms, last quarter {last * 1e3:.2f} ms: {last / first:.2f}x "
-        f"(target flat within {FLAT_TARGET}x {verdict})", flush=True)
+        f"(target flat within {FLAT_TARGET}x {verdict}) | throughput at batch {batch}: "
+        f"{images_per_s:.3g} images/s ({call_s:.2f} s per call), "
+        f"{flops['total'] / 1e9:.3g} GFLOP/image (backbone {flops['backbone'] / 1e9:.3g}, head "
+        f"{flops['head'] / 1e9:.3g}, decoder {flops['decoder'] / 1e9:.3g}; one position "
+        f"{analytic_position / 1e6:.4g} MFLOP vs XLA cost_analysis {xla_position / 1e6:.4g}: "
+        f"{xla_position / analytic_position:.3f}x) = "
+        f"{achieved / 1e9:.3g} GFLOP/s: FLOP utilisation {achieved / peak:.0%} of the "
+        f"standalone jnp.dot peak {peak / 1e9:.3g} GFLOP/s (best of a sweep, at {peak_n}^2)",
+        flush=True)
 
 
 if __name__ == "__main__":

@@ -22,8 +22,12 @@
 #        WORKDIR        gs:// run directory (required): checkpoints, TensorBoard, samples
 #        TFDS_DATA_DIR  where the imagenet2012 array_record build lives
 #        SKIP_SETUP     1: do not copy the repository or install (a rerun of the same code)
+#        MODULE         the program (default: pra_jax.main); pra_jax.sample for FID samples:
+#                         MODULE=pra_jax.sample SKIP_SETUP=1 ... launch/tpu_pod.sh \
+#                           --out=/mnt/shared/pra_l_50k.npz --cfg=3.0
+#                       (--out on a filesystem every worker mounts: gcsfuse, Filestore, NFS)
 # Resuming: rerunning the same command continues from WORKDIR's newest checkpoint; a preempted
-# worker's SIGTERM makes the run save before it stops.
+# worker's SIGTERM makes the run save before it stops. A sampling run skips its committed chunks.
 set -euo pipefail
 
 : "${ZONE:?set ZONE to a zone with TPU capacity, e.g. ZONE=us-west4-a}"
@@ -33,6 +37,7 @@ TPU_NAME=${TPU_NAME:-pra-jax}
 ACCELERATOR=${ACCELERATOR:-v5litepod-64}
 RUNTIME=${RUNTIME:-v2-alpha-tpuv5-lite}
 CONFIG=${CONFIG:-configs/pra_l.py}
+MODULE=${MODULE:-pra_jax.main}
 TFDS_DATA_DIR=${TFDS_DATA_DIR:-}
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 REMOTE_DIR=pra_jax  # Under each worker's home directory.
@@ -70,6 +75,6 @@ fi
 extra=""
 (($# > 0)) && printf -v extra ' %q' "$@"
 env_prefix="PYTHONPATH=\$HOME/$REMOTE_DIR${TFDS_DATA_DIR:+ TFDS_DATA_DIR=$TFDS_DATA_DIR}"
-echo "Running $CONFIG on every worker of $TPU_NAME -> $WORKDIR"
-on_all "cd ~/$REMOTE_DIR && $env_prefix python3 -m pra_jax.main --config=$CONFIG \
+echo "Running $MODULE $CONFIG on every worker of $TPU_NAME -> $WORKDIR"
+on_all "cd ~/$REMOTE_DIR && $env_prefix python3 -m $MODULE --config=$CONFIG \
   --workdir=$WORKDIR --distributed=on${extra}"

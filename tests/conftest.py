@@ -26,7 +26,7 @@ def pytest_unconfigure(config):
 # The longest files first (measured with --durations): pytest-xdist hands whole files to the
 # worker that frees up, so a long file started last would leave the other core idle at the end.
 _LONG_FIRST = ("test_benchmarks.py", "test_survival.py", "test_ablate.py", "test_sharding.py",
-               "test_multiprocess.py", "test_train.py", "test_plan.py")
+               "test_multiprocess.py", "test_sample.py", "test_train.py", "test_plan.py")
 
 
 def pytest_collection_modifyitems(session, config, items):

@@ -1,0 +1,123 @@
+"""Sampling data-parallel over every device of every process: the mesh, the weights replicated
+on it, and one compiled generator that maps global image indices to images.
+
+Image k draws from fold_in(key(seed), k) alone (what rng.example_keys gives index k), so the
+batch, the device and the process an image lands in never change it; each device runs
+sampler.rollout on its own slice under shard_map, with no communication between devices.
+"""
+
+import time
+
+import jax
+import numpy as np
+from absl import logging
+from flax import nnx
+from jax.sharding import PartitionSpec as P
+
+from pra_jax import checkpoint, sampler, sharding
+
+BATCH_AXES = ("data", "fsdp")
+
+
+def sampling_mesh(devices=None) -> jax.sharding.Mesh:
+  """Every device of every process on the batch axes, the model replicated: sampling needs no
+  communication at all (PRA-L's 511M float32 parameters take 2 GB per device)."""
+  return sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1}, devices)
+
+
+def restore_weights(config, workdir: str, step: int, mesh, use_ema: bool = True):
+  """The EMA (or raw) model of checkpoint `step`, replicated on every device of `mesh`.
+
+  Reads only those weights (Orbax partial restore): not the optimizer state, not the other copy
+  of the model, and never the training mesh's layout, which sampling does not use.
+  """
+  import orbax.checkpoint as ocp
+
+  from pra_jax.models import pra
+
+  graphdef, abstract = nnx.split(pra.abstract_model(config, mesh))
+  placed = sharding.replicated(mesh)
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=placed),
+                        abstract)
+  part = "ema" if use_ema else "model"
+  ckpt = checkpoint.Checkpointer(workdir, config.checkpoint, read_only=True)
+  args = ocp.args.Composite(state=ocp.args.PyTreeRestore(
+      item={part: target}, partial_restore=True,
+      restore_args={part: jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=placed), target)}))
+  try:
+    restored = ckpt.manager.restore(step, args=args)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f"checkpoint {ckpt.directory}/{step} does not restore into this config's "
+                     f"model ({type(e).__name__}: {str(e).splitlines()[0][:300]})") from e
+  logging.info("Restored the %s weights of step %d from %s.", "EMA" if use_ema else "raw", step,
+               ckpt.directory)
+  return nnx.merge(graphdef, restored["state"][part])
+
+
+class DataParallelGenerator:
+  """Images by global index on every device of `mesh`, compiled once for one global batch.
+
+  A call is a global batch of G = per_device_batch x devices indices; device d generates its
+  slice of them with sampler.rollout under shard_map, from its own copy of the model. Image k
+  draws from fold_in(key(seed), k), which is rng.example_keys(key(seed), ..., first_index=k):
+  the batch, device and process it lands in do not change it.
+  """
+
+  def __init__(self, model, mesh, settings: sampler.SampleSettings, seed: int,
+               per_device_batch: int):
+    graphdef, state = nnx.split(model)
+    self.mesh, self.batch = mesh, per_device_batch * mesh.size
+    self.batch_sharding = sharding.batch_sharding(mesh)
+    placed = sharding.replicated(mesh)
+    if any(x.sharding != placed for x in jax.tree.leaves(state)):
+      state = jax.jit(lambda s: s, out_shardings=placed)(state)
+    self.state = state
+
+    def local(state, labels_b, index_b):
+      # No logical axis rules in context here, so the model's activation constraints are no-ops
+      # (inside shard_map every array is already one device's).
+      m = nnx.merge(graphdef, state)
+      keys_b = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(jax.random.key(seed), index_b)
+      x_BNP, _ = sampler.rollout(m, labels_b, keys_b, settings)
+      return m.to_images(x_BNP)
+
+    spec = P(BATCH_AXES)
+    fn = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(), spec, spec), out_specs=spec,
+                               check_vma=False))
+    arg = lambda dtype: jax.ShapeDtypeStruct((self.batch,), dtype, sharding=self.batch_sharding)
+    t0 = time.perf_counter()
+    self.compiled = fn.lower(self.state, arg(np.int32), arg(np.uint32)).compile()
+    self.compile_s = time.perf_counter() - t0
+
+  def dispatch(self, index_G: np.ndarray, labels_G: np.ndarray) -> jax.Array:
+    """Starts one global batch; every process passes the same [G] numpy arrays."""
+    put = lambda a: jax.make_array_from_callback(a.shape, self.batch_sharding, lambda i: a[i])
+    return self.compiled(self.state, put(labels_G.astype(np.int32)),
+                         put(index_G.astype(np.uint32)))
+
+  @staticmethod
+  def local_rows(images_G, index_G: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(index_R, images_R): the rows of a batch that this process's devices hold, each once."""
+    index, images = [], []
+    for shard in images_G.addressable_shards:
+      if shard.replica_id == 0:
+        index.append(index_G[shard.index[0]])
+        images.append(np.asarray(shard.data))
+    return np.concatenate(index), np.concatenate(images)
+
+
+def any_process(flag: bool) -> bool:
+  """True on every process if it is True on any (all stop after the same chunk). Called after
+  each process has written its part of a chunk, it is also the barrier before the commit."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  from jax.experimental import multihost_utils
+  return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
+
+
+def broadcast_from_process_0(mask: np.ndarray) -> np.ndarray:
+  """Process 0's value on every process: all skip the same chunks whatever they each see."""
+  if jax.process_count() == 1:
+    return mask
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.broadcast_one_to_all(mask)).astype(mask.dtype)
