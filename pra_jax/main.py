@@ -15,6 +15,8 @@ Entry point: flags, distributed runtime, versions and devices, then train.train_
 """
 
 
+import os
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -56,7 +58,39 @@ def main(argv):
   logging.info("jax %s, flax %s; process %d/%d; %d local / %d global devices: %s",
                jax.__version__, flax.__version__, jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count(), jax.devices()[:4])
-  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value)
+  metrics = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value)
+  if jax.process_index() == 0:
+    print(summary(config_flags.get_config_filename(flags.FLAGS["config"]), _WORKDIR.value,
+                  _CONFIG.value, metrics), flush=True)
+
+
+def summary(config_path: str, workdir: str, config, metrics: dict) -> str:
+  """Where the run put everything, and the commands that come next for this workdir."""
+  import glob
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  steps = sorted(int(n) for n in os.listdir(ckpt_dir) if n.isdigit()) if os.path.isdir(
+      ckpt_dir) else []
+  grids = sorted(glob.glob(os.path.join(workdir, "samples", "step_*.png")))
+  lines = [f"Run in {workdir}:",
+           f"  checkpoints  {ckpt_dir} (steps {', '.join(map(str, steps)) or 'none'})",
+           f"  sample grid  {grids[-1] if grids else 'none (train.sample_every = 0)'}",
+           f"  config       {os.path.join(workdir, 'config.json')}; parameters "
+           f"{os.path.join(workdir, 'params.txt')}",
+           f"  dashboards   {os.path.join(workdir, 'events.out.tfevents.*')}"]
+  scores = {k: v for k, v in metrics.items() if k.startswith("eval/")}
+  if "eval/digits_accuracy" in scores:
+    lines.append(f"  evaluation   {100 * scores['eval/digits_accuracy']:.1f}% of samples recognised "
+                 f"as the requested digit, FD {scores['eval/digits_fd']:.2f} on "
+                 f"{int(scores['eval/digits_num_images'])} samples")
+  metric = " --metrics=digits" if config.data.source == "digits" else (
+      " --ref=REF.npz --inception=inception_fid.npz")
+  out = os.path.join(workdir, "samples.npz")
+  lines += ["Next:",
+            f"  .venv/bin/python -m pra_jax.sample --config={config_path} --workdir={workdir} "
+            f"--num_images=100 --out={out}",
+            f"  .venv/bin/python -m pra_jax.evaluate --samples={out}{metric}",
+            f"  .venv/bin/tensorboard --logdir={workdir}"]
+  return "\n".join(lines)
 
 
 if __name__ == "__main__":
