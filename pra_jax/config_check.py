@@ -3,7 +3,7 @@
 from pra_jax import rollout
 
 _CHOICES = {
-    "data.source": ("tfds", "folder", "digits", "synthetic"),
+    "data.source": ("tfds", "folder", "digits", "photos", "synthetic"),
     "data.bad_images": ("skip", "raise"),
     "model.backbone.mlp_type": ("swiglu", "gelu"),
     "model.backbone.norm": ("rmsnorm", "layernorm"),
