@@ -78,7 +78,11 @@ def test_source_pipeline_flips_and_refuses_too_few_classes():
 def judge(tmp_path_factory):
   from pra_jax.metrics import photos
   cache = str(tmp_path_factory.mktemp("photos_judge"))
-  return photos, cache, photos.load_or_train_classifier(SIZE, cache)
+  # A short recipe (3 epochs, not 8) written where the scorer looks: the tests' judge is cheaper
+  # and weaker than the study's, and evaluate_photos must read it from the cache.
+  model = photos.train_classifier(SIZE, num_epochs=3)
+  photos._save(model, photos.cache_path(cache, SIZE))
+  return photos, cache, model
 
 
 def test_judge_reads_real_crops_and_rejects_noise(judge):
@@ -86,7 +90,9 @@ def test_judge_reads_real_crops_and_rejects_noise(judge):
   x, y = data.load_photos_split("train", SIZE)
   idx = np.random.default_rng(0).permutation(len(y))[:300]
   real = photos.evaluate_photos(x[idx], y[idx], cache)
-  assert real["photos_classifier_eval_accuracy"] > 0.5   # Held-out crops: other parts of scenes.
+  # Held-out crops show other parts of each scene: well above chance (0.1) even for this short
+  # recipe (the study's 8-epoch judge: 0.72).
+  assert real["photos_classifier_eval_accuracy"] > 0.3
   assert real["photos_accuracy"] > 0.8 and real["photos_fd_num_images"] == 300
   noise = np.random.default_rng(1).integers(0, 256, (300, SIZE, SIZE, 3), dtype=np.uint8)
   with warnings.catch_warnings():
