@@ -14,7 +14,7 @@ from configs import common
 
 def get_config():
   c = common.base_config()
-  c.data.source = "photos"         # 4544 train / 568 held-out crops (bottom fifth of each photo).
+  c.data.source = "photos"         # 4544 train / 284 held-out crops (bottom fifth of each photo).
   c.data.image_size = 32
   c.data.channels = 3
   c.data.num_classes = 10

@@ -37,7 +37,7 @@ PHOTOS_NUM_CLASSES = len(PHOTOS)
 _PHOTO_SIDE_CROPS = 6     # The shorter side spans 6 crop sides: a crop shows a sixth of it.
 _PHOTO_STRIDE_FRACTION = 4  # Crops start every crop_side / 4 pixels (train and held-out).
 
-SOURCES = ("digits", "photos", "folder", "tfds", "synthetic")
+SOURCES = ("digits", "folder", "tfds", "synthetic", "photos")
 BAD_IMAGE_MODES = ("skip", "raise")
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 # What PIL raises on corrupt, truncated or empty files (UnidentifiedImageError is an OSError).
@@ -84,7 +84,12 @@ def _photo_path(package: str, name: str) -> str:
 
 
 def photo_crop_boxes(height: int, width: int, crop: int, split: str) -> list[tuple[int, int]]:
-  """Top-left corners (y, x) of a split's crops in a photo: train above the held-out band."""
+  """Top-left corners (y, x) of a split's crops in a photo, in raster order: train above the
+  held-out band, held-out in one row across the middle of the band.
+
+  One held-out row keeps the split ordered by x alone, so two held-out crops half a photo's width
+  apart in that order share no pixels (pra_jax.gap pairs images that way for its control).
+  """
   held = max(-(-height // 5), crop)   # The bottom fifth, at least one crop tall.
   boundary = height - held
   stride = max(1, crop // _PHOTO_STRIDE_FRACTION)
@@ -92,7 +97,7 @@ def photo_crop_boxes(height: int, width: int, crop: int, split: str) -> list[tup
   if split == "train":
     ys = range(0, boundary - crop + 1, stride)
   else:
-    ys = sorted({boundary, height - crop})  # Top and bottom of the band.
+    ys = [boundary + (held - crop) // 2]
   return [(y, x) for y in ys for x in xs]
 
 

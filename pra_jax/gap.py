@@ -69,14 +69,17 @@ def kind_config(config, kind: str, *, num_steps: int, couple_t0: float):
 
 
 def same_class_partners(labels: np.ndarray) -> np.ndarray:
-  """Index of another image of the same class for every image (the next one, cyclically)."""
+  """Index of another image of the same class for every image: the one half the class away in
+  the split's order (cyclically). Digits are in random order; the photos' held-out crops are in
+  x order along one row, so a partner is half a photo's width away and shares no pixels (an
+  overlapping neighbour would share most of its prefix and hide the model's sensitivity)."""
   partner = np.arange(len(labels))
   for c in np.unique(labels):
     idx = np.flatnonzero(labels == c)
     if len(idx) < 2:
       raise ValueError(f"the prefix-sensitivity control needs two held-out images of every "
                        f"class; class {int(c)} has {len(idx)}")
-    partner[idx] = np.roll(idx, -1)
+    partner[idx] = np.roll(idx, -(len(idx) // 2))
   return partner
 
 
@@ -178,7 +181,11 @@ def held_out(config, num_images: int | None = None) -> tuple[np.ndarray, np.ndar
   if num_images is not None and num_images < len(labels):
     classes = np.unique(labels)
     per_class = max(2, math.ceil(num_images / len(classes)))
-    take = np.sort(np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in classes]))
+    # Evenly spread over each class's images (in the split's order), not its first few: the
+    # photos' crops are stored in x order, and the first few would overlap each other.
+    take = np.sort(np.concatenate([
+        idx[np.linspace(0, len(idx) - 1, min(per_class, len(idx))).round().astype(int)]
+        for idx in (np.flatnonzero(labels == c) for c in classes)]))
     images, labels = images[take], labels[take]
   return images, labels
 

@@ -44,8 +44,18 @@ def test_held_out_crops_never_share_a_pixel_row_with_training_crops(height, widt
   assert train and held
   lowest_train_row = max(y + crop for y, _ in train)
   assert lowest_train_row <= min(y for y, _ in held)      # No crop straddles the boundary.
+  assert lowest_train_row <= height - height / 5          # The bottom fifth is never trained on.
   assert all(y + crop <= height and x + crop <= width for y, x in train + held)
-  assert height - min(y for y, _ in held) >= height / 5   # At least the bottom fifth is held out.
+
+
+@pytest.mark.parametrize("height,width,crop", [(192, 288, 32), (192, 192, 32), (96, 144, 16)])
+def test_the_sensitivity_control_pairs_crops_that_share_no_pixels(height, width, crop):
+  from pra_jax import gap
+  held = data.photo_crop_boxes(height, width, crop, "eval")
+  partner = gap.same_class_partners(np.zeros(len(held), np.int64))
+  for (y, x), p in zip(held, partner):
+    py, px = held[p]
+    assert abs(px - x) >= crop or abs(py - y) >= crop, ((y, x), (py, px))
 
 
 def test_no_held_out_crop_appears_in_training():
