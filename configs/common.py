@@ -13,6 +13,8 @@ def base_config() -> ml_collections.ConfigDict:
   # -- data ---------------------------------------------------------------------------------
   c.data = d = ml_collections.ConfigDict()
   d.source = "tfds"                # 'tfds' | 'folder' | 'digits' (built-in demo set) |
+                                   # 'photos' (crops of 10 bundled photographs, 1 class each;
+                                   # needs scikit-image installed, reads its files only) |
                                    # 'synthetic' (random images of the real shapes: a smoke
                                    # test of compile, steps, checkpoint and resume, no data).
   d.synthetic_examples = 100_000   # 'synthetic': train split size (eval: a tenth).
@@ -93,6 +95,13 @@ def base_config() -> ml_collections.ConfigDict:
   r.pixel_sigma = 0.1              # 'pixel_noise': the same law, scaled for [-1, 1] pixels.
   r.stop_gradient = True           # [ours] No gradient into the decoded inputs x_in.
   r.head_sample_steps = 4          # 'head_sample' / 'exact': head ODE steps per position.
+  r.couple_t0 = 0.5                # [ours] 'head_sample' / 'exact': the head ODE starts at
+                                   # t0 * E(x_i) + (1 - t0) * eps and runs from t0 to 1, so the
+                                   # sampled input stays tied to the image whose states are the
+                                   # targets. 0.5: noise and signal of equal size, the same
+                                   # noise-to-signal ratio as pra's largest sigma (sigma_max = 1 on
+                                   # a unit-RMS state). 1 = recon's inputs; 0 = a free sample that
+                                   # ignores its prefix (the model learns to ignore it too).
 
   # -- loss ---------------------------------------------------------------------------------
   c.loss = ml_collections.ConfigDict()

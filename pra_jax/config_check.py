@@ -15,7 +15,7 @@ from pra_jax.models import attention
 EXIT_USER_ERROR = 2
 
 _CHOICES = {
-    "data.source": ("tfds", "folder", "digits", "synthetic"),
+    "data.source": ("tfds", "folder", "digits", "photos", "synthetic"),
     "data.bad_images": ("skip", "raise"),
     "model.backbone.mlp_type": ("swiglu", "gelu"),
     "model.backbone.norm": ("rmsnorm", "layernorm"),

@@ -1,10 +1,11 @@
-"""Input pipelines: the built-in digits demo set, image folders, TFDS and synthetic images for
-smoke tests, all through grain.
+"""Input pipelines: the built-in digits demo set, crops of bundled photographs, image folders, TFDS
+and synthetic images for smoke tests, all through grain.
 
 Examples are {'image': uint8 [H, W, C], 'label': int32, 'bad': int32}; batches stack them.
 """
 
 import abc
+import functools
 import io
 import os
 from typing import Any, Protocol
@@ -22,7 +23,21 @@ DIGITS_NUM_CLASSES = 10
 DIGITS_NUM_EVAL = 297
 _DIGITS_SPLIT_SEED = 0
 
-SOURCES = ("digits", "folder", "tfds", "synthetic")
+# The photos proving ground: ten real photographs that ship inside installed packages (two with
+# scikit-learn, eight in scikit-image's wheel, read as files: skimage itself is never imported),
+# one class each. Every photo is resized so its shorter side is _PHOTO_SIDE_CROPS crops tall; the
+# bottom fifth of it (at least a crop) is held out, and no crop straddles that boundary, so no
+# held-out pixel is ever seen in training.
+PHOTOS = (("scikit-learn", "china.jpg"), ("scikit-learn", "flower.jpg"),
+          ("scikit-image", "astronaut.png"), ("scikit-image", "chelsea.png"),
+          ("scikit-image", "coffee.png"), ("scikit-image", "hubble_deep_field.jpg"),
+          ("scikit-image", "ihc.png"), ("scikit-image", "motorcycle_left.png"),
+          ("scikit-image", "retina.jpg"), ("scikit-image", "rocket.jpg"))
+PHOTOS_NUM_CLASSES = len(PHOTOS)
+_PHOTO_SIDE_CROPS = 6     # The shorter side spans 6 crop sides: a crop shows a sixth of it.
+_PHOTO_STRIDE_FRACTION = 4  # Crops start every crop_side / 4 pixels (train and held-out).
+
+SOURCES = ("digits", "folder", "tfds", "synthetic", "photos")
 BAD_IMAGE_MODES = ("skip", "raise")
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 # What PIL raises on corrupt, truncated or empty files (UnidentifiedImageError is an OSError).
@@ -51,6 +66,77 @@ def load_digits_split(split: str, image_size: int) -> tuple[np.ndarray, np.ndarr
       for im in small
   ])
   return images[..., None], digits.target[idx].astype(np.int32)
+
+
+def _photo_path(package: str, name: str) -> str:
+  import importlib.util
+
+  if package == "scikit-learn":
+    import sklearn.datasets  # A dependency already: the digits demo set ships with it.
+    return os.path.join(os.path.dirname(sklearn.datasets.__file__), "images", name)
+  spec = importlib.util.find_spec("skimage")  # Finds the package without importing it.
+  path = os.path.join(os.path.dirname(spec.origin), "data", name) if spec else None
+  if path is None or not os.path.exists(path):
+    raise FileNotFoundError(f"data.source='photos' reads {name} from scikit-image's wheel, which "
+                            f"is not installed here: pip install scikit-image==0.26.0 (no download "
+                            f"at run time; the photos ship inside the wheel)")
+  return path
+
+
+def photo_crop_boxes(height: int, width: int, crop: int, split: str) -> list[tuple[int, int]]:
+  """Top-left corners (y, x) of a split's crops in a photo, in raster order: train above the
+  held-out band, held-out in one row across the middle of the band.
+
+  One held-out row keeps the split ordered by x alone, so two held-out crops half a photo's width
+  apart in that order share no pixels (pra_jax.gap pairs images that way for its control).
+  """
+  held = max(-(-height // 5), crop)   # The bottom fifth, at least one crop tall.
+  boundary = height - held
+  stride = max(1, crop // _PHOTO_STRIDE_FRACTION)
+  xs = range(0, width - crop + 1, stride)
+  if split == "train":
+    ys = range(0, boundary - crop + 1, stride)
+  else:
+    ys = [boundary + (held - crop) // 2]
+  return [(y, x) for y in ys for x in xs]
+
+
+@functools.lru_cache(maxsize=4)
+def load_photos_split(split: str, image_size: int, channels: int = 3
+                      ) -> tuple[np.ndarray, np.ndarray]:
+  """Returns (crops uint8 [n, image_size, image_size, channels], labels int32 [n]) of a split.
+
+  Label k is the k-th photo of PHOTOS. Training crops come from the top four fifths of each photo,
+  held-out crops from the bottom fifth: disjoint pixels. Cached: every caller shares one copy.
+  """
+  if split not in ("train", "eval"):
+    raise ValueError(f"photos split must be 'train' or 'eval', got {split!r}")
+  if image_size < 8:
+    raise ValueError(f"photos image_size must be at least 8, got {image_size}")
+  crops, labels = [], []
+  for label, (package, name) in enumerate(PHOTOS):
+    with Image.open(_photo_path(package, name)) as img:
+      img = convert_mode(img, channels)
+      scale = _PHOTO_SIDE_CROPS * image_size / min(img.size)
+      img = img.resize((round(img.width * scale), round(img.height * scale)), Image.LANCZOS)
+      pixels = _to_hwc(np.asarray(img))
+    for y, x in photo_crop_boxes(pixels.shape[0], pixels.shape[1], image_size, split):
+      crops.append(pixels[y:y + image_size, x:x + image_size])
+      labels.append(label)
+  images = np.stack(crops)
+  images.setflags(write=False)
+  return images, np.asarray(labels, np.int32)
+
+
+def load_eval_arrays(data_cfg) -> tuple[np.ndarray, np.ndarray]:
+  """The whole held-out split as arrays (the in-memory sources only): for diagnostics."""
+  if data_cfg.source == "digits":
+    images, labels = load_digits_split("eval", data_cfg.image_size)
+    return (np.repeat(images, 3, axis=-1) if data_cfg.channels == 3 else images), labels
+  if data_cfg.source == "photos":
+    return load_photos_split("eval", data_cfg.image_size, data_cfg.channels)
+  raise ValueError(f"held-out arrays exist for data.source 'digits' and 'photos'; "
+                   f"data.source={data_cfg.source!r} is not supported")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,6 +271,23 @@ class DigitsSource:
 
   def __repr__(self) -> str:
     return f"DigitsSource({self._role!r}, n={len(self)})"
+
+
+class PhotosSource:
+  """Crops of the bundled photographs (PHOTOS), held in memory."""
+
+  def __init__(self, role: str, image_size: int, channels: int):
+    self._images, self._labels = load_photos_split(role, image_size, channels)
+    self._role = role
+
+  def __len__(self) -> int:
+    return len(self._labels)
+
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    return _example(self._images[index], self._labels[index], bad=False)
+
+  def __repr__(self) -> str:
+    return f"PhotosSource({self._role!r}, n={len(self)})"
 
 
 class SyntheticSource:
@@ -377,6 +480,9 @@ def make_source(data_cfg: ml_collections.ConfigDict, split: str) -> Source:
   if data_cfg.source == "digits":
     _check_num_classes(data_cfg, DIGITS_NUM_CLASSES, "the digits set")
     return DigitsSource(_split_role(data_cfg, split), data_cfg.image_size, data_cfg.channels)
+  if data_cfg.source == "photos":
+    _check_num_classes(data_cfg, PHOTOS_NUM_CLASSES, "the photos set")
+    return PhotosSource(_split_role(data_cfg, split), data_cfg.image_size, data_cfg.channels)
   if data_cfg.source == "synthetic":
     role = _split_role(data_cfg, split)
     logging.warning("data.source='synthetic': random images for a smoke test of the %s split; "

@@ -9,7 +9,15 @@ Z state dims, D width. Only patches 0..N-2 are ever inputs (the last patch is on
 | recon       | G(E(x_i))                                    | 1 pass + per-patch MLPs       |
 | pra         | G(E(x_i) + sigma_i eps_i)  (the method)      | same as recon                 |
 | head_sample | G(z~_i), z~_i ~ H(. | h_i of a no-grad pass) | ~2 passes                     |
-| exact       | the model's own sequential rollout           | N sequential sampling steps   |
+| exact       | G(z~_i), z~_i ~ H(. | h_i of its own inputs)  | N sequential sampling steps   |
+
+head_sample and exact are coupled to the image ([ours], rollout.couple_t0 = t0): z~_i is the
+head's ODE integrated from t0 to 1, started at t0 * E(x_i) + (1 - t0) * eps. head_sample conditions
+it on h_i of a no-grad teacher-forced pass (all positions at once); exact on h_i of the model's own
+previous coupled inputs (sequentially, with the KV cache), so exact is the honest sequential
+version of what pra approximates in parallel. t0 = 1 gives the recon inputs G(E(x_i)); t0 = 0 is
+a free sample that carries nothing of x_i, so the target E(x_i) is no longer predictable from the
+inputs and the model learns to ignore its prefix.
 """
 
 import jax
@@ -36,6 +44,9 @@ def check_config(config) -> None:
                      f"no state encoder/decoder; use one of teacher, pixel_noise, head_sample, exact")
   if not 0 <= r.sigma_min <= r.sigma_max:
     raise ValueError(f"rollout needs 0 <= sigma_min <= sigma_max, got {r.sigma_min}, {r.sigma_max}")
+  if not isinstance(r.couple_t0, (int, float)) or not 0.0 <= r.couple_t0 <= 1.0:
+    raise ValueError(f"rollout.couple_t0 must be a number in [0, 1] (the head ODE's start time "
+                     f"in head_sample / exact; 0 = uncoupled), got {r.couple_t0!r}")
 
 
 def draw_sigma(key, shape, rollout_cfg, step):
@@ -108,12 +119,16 @@ def build_inputs(model, x_BNP, z_BNZ, y_B, key, step, config):
     h_tf = jax.lax.stop_gradient(model.backbone(x_in, y_B))[:, :-1]
     noise = jax.vmap(lambda k: jax.random.normal(k, (model.gen_dim,)))(
         rng.split_each(sample_keys_B, m).reshape(b * m))
-    g = head_lib.sample(model.head, h_tf.reshape(b * m, -1), noise,
-                        num_steps=r.head_sample_steps, solver="euler")
+    start = r.couple_t0 * jax.lax.stop_gradient(z_in).reshape(b * m, -1) \
+        + (1.0 - r.couple_t0) * noise
+    g = head_lib.sample(model.head, h_tf.reshape(b * m, -1), start,
+                        num_steps=r.head_sample_steps, solver="euler", t0=r.couple_t0)
     out = model.decode(g.reshape(b, m, -1), h_tf)
   elif r.mode == "exact":
     settings = sampler.SampleSettings(num_steps=r.head_sample_steps)
-    out, _ = sampler.rollout(model, y_B, sample_keys_B, settings)
+    # The states of the last patch are never an input: its start is never read.
+    out, _ = sampler.rollout(model, y_B, sample_keys_B, settings,
+                             start_BNZ=jax.lax.stop_gradient(z_BNZ), t0=r.couple_t0)
     out = out[:, :-1]
   else:
     raise ValueError(f"rollout.mode must be one of {MODES}, got {r.mode!r}")

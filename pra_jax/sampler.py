@@ -53,10 +53,12 @@ def cfg_scales(settings: SampleSettings, num_patches: int) -> jax.Array:
   return 1.0 + (settings.cfg - 1.0) * jnp.arange(num_patches, dtype=jnp.float32) / num_patches
 
 
-def rollout(model, labels_B, key, settings: SampleSettings):
+def rollout(model, labels_B, key, settings: SampleSettings, start_BNZ=None, t0=0.0):
   """Generates every patch of B images: returns (pixels x_BNP in [-1, 1], states g_BNZ).
 
-  `key`: one key (images get keys 0..B-1 of it) or [B] per-image keys.
+  `key`: one key (images get keys 0..B-1 of it) or [B] per-image keys. With `start_BNZ` (the
+  coupled 'exact' training rollout, pra_jax.rollout) patch i's head ODE runs from t0 to 1,
+  started at t0 * start_BNZ[:, i] + (1 - t0) * noise: a rollout held near given states.
   """
   b, n = labels_B.shape[0], model.num_patches
   keys_B = rng.as_example_keys(key, b)
@@ -70,9 +72,11 @@ def rollout(model, labels_B, key, settings: SampleSettings):
   def draw_patch(model, h_GD, i):
     noise = settings.temperature * jax.vmap(
         lambda k: jax.random.normal(jax.random.fold_in(k, i), (model.gen_dim,)))(keys_B)
+    if start_BNZ is not None:
+      noise = t0 * start_BNZ[:, i] + (1.0 - t0) * noise
     g_BZ = head_lib.sample(
         model.head, h_GD[:b], noise, num_steps=settings.num_steps, solver=settings.solver,
-        h_uncond_MD=h_GD[b:] if guided else None, cfg_scale=scales_N[i])
+        h_uncond_MD=h_GD[b:] if guided else None, cfg_scale=scales_N[i], t0=t0)
     x_BP = model.decode(g_BZ, h_GD[:b])
     # Both halves of a guided batch see the same generated patch, as at inference they must.
     x_GP = jnp.concatenate([x_BP, x_BP]) if guided else x_BP

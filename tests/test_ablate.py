@@ -65,10 +65,12 @@ def test_quick_study_writes_a_row_per_run_and_the_figure(study):
   workdir, _, stdout = study
   rows = _table_rows(os.path.join(workdir, "ablation.md"))
   assert set(rows) == {"real digits (train split)", "pra", "pra_sigma1 (= pra)"}
-  steps, wall, acc, fd, own, free = rows["pra"][1:]
-  assert steps == "3" and float(wall) > 0
+  seeds, steps, wall, acc, fd, teacher, sensitivity, lost_own, lost_free = rows["pra"][1:]
+  assert seeds == "1" and steps == "3" and float(wall) > 0
   assert 0.0 <= float(acc) <= 1.0 and float(fd) >= 0.0
-  assert np.isfinite(float(own)) and np.isfinite(float(free))
+  assert float(teacher) > 0 and np.isfinite(float(sensitivity))
+  # 3 steps teach nothing: the model ignores its prefix, so its 'lost' numbers are withheld.
+  assert float(sensitivity) < ablate.MIN_SENSITIVITY and lost_own == lost_free == "n/a"
   assert "[ablate] pra: trained 3 steps" in stdout
   # The sigma sweep's 1.0 is the base config: the same run, not a retrained copy.
   assert rows["pra_sigma1 (= pra)"][1:] == rows["pra"][1:]
@@ -104,18 +106,41 @@ def test_every_run_of_the_default_plan_is_a_valid_config():
   assert configs["exact"].model.to_json() == configs["teacher"].model.to_json()
 
 
+def test_the_photos_study_plan():
+  from configs import photos
+  from pra_jax import config_check
+
+  base = photos.get_config()
+  runs = ablate.plan(base)
+  names = [r.name for r in runs]
+  # Teacher, recon, pra and direct_x at 3 seeds, the other modes at one, no sweeps: 16 runs.
+  assert len(names) == 16 and "direct_v" in names and not any("sigma" in n for n in names)
+  for mode in ("teacher", "recon", "pra", "direct_x"):
+    group = [r for r in runs if r.base == mode]
+    assert [r.seed for r in group] == [0, 1, 2] and group[0].name == mode
+  configs = [ablate.run_config(base, r, 7) for r in runs]
+  for c in configs:
+    config_check.validate(c)
+  assert sorted({c.seed for c in configs}) == [base.seed, base.seed + 1, base.seed + 2]
+  direct_v = configs[names.index("direct_v")]
+  assert direct_v.model.direct_pixel and direct_v.model.head.prediction == "v"
+  assert base.model.patch_size ** 2 * base.data.channels == 192
+
+
 def test_gap_outputs_have_one_value_per_position(study):
   workdir, _, _ = study
   for run in ("pra",):
     gap_dir = os.path.join(workdir, run, "gap")
     with open(os.path.join(gap_dir, "gap_step_0000003.json")) as f:
       result = json.load(f)
-    for kind in ("teacher", "own", "free"):
+    for kind in ("teacher", "other", "head_sample", "exact"):
       assert len(result[kind]) == len(result[f"{kind}_stderr"]) == NUM_PATCHES
       assert np.all(np.isfinite(result[kind]))
-    # h_0 reads only the class token, and every kind shares the loss draws: position 0 agrees.
-    assert result["ratio_own"][0] == pytest.approx(1.0, abs=1e-6)
-    assert result["ratio_free"][0] == pytest.approx(1.0, abs=1e-6)
+      if kind != "teacher":
+        # h_0 reads only the class token, and every kind shares the loss draws: position 0
+        # agrees.
+        assert result[f"ratio_{kind}"][0] == pytest.approx(1.0, abs=1e-6)
+    assert result["sensitivity"] == pytest.approx(result["other_mean"] / result["teacher_mean"])
     assert os.path.getsize(os.path.join(gap_dir, "gap_step_0000003.png")) > 0
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(gap_dir))
 
@@ -138,23 +163,32 @@ def test_another_budget_in_the_same_workdir_is_refused(study):
                      num_steps=5, quick=True)
 
 
+def test_a_run_of_another_config_in_the_same_workdir_is_refused(study):
+  workdir, _, _ = study
+  base = tiny.get_config()
+  base.rollout.couple_t0 = 0.25   # e.g. a study of the uncoupled baselines in an old workdir.
+  with pytest.raises(ValueError, match=r"another config \(differs in \['rollout.couple_t0'\]"):
+    ablate.run_study(base, workdir, modes=("pra",), sigmas=(), state_dims=(), quick=True)
+
+
 def test_gap_cli_on_a_trained_run(study, tmp_path):
   workdir, _, _ = study
   out = str(tmp_path / "gap")
-  # The study's own gap settings (--quick: 10 images, 1 draw, 2 head steps), elsewhere.
+  # The study's own gap settings (--quick: 10 images -> 2 per class, 1 draw, 2 head steps).
   stdout = run_module("pra_jax.gap", "--config=configs/tiny.py",
                       f"--workdir={os.path.join(workdir, 'pra')}", f"--outdir={out}",
                       "--num_images=10", "--noise_draws=1", "--num_rollouts=1", "--steps=2")
-  assert "mean own/teacher ratio" in stdout and "mean free/teacher ratio" in stdout
+  assert "sensitivity other/teacher" in stdout and "lost_exact" in stdout
   with open(os.path.join(out, "gap_step_0000003.json")) as f:
     result = json.load(f)
   with open(os.path.join(workdir, "pra", "gap", "gap_step_0000003.json")) as f:
     in_study = json.load(f)
-  assert result["num_images"] == 10 and len(result["own"]) == NUM_PATCHES
+  assert result["num_images"] == 20 and len(result["head_sample"]) == NUM_PATCHES
   # Same model, key and settings: the CLI reproduces the study's numbers.
-  np.testing.assert_allclose(result["own"], in_study["own"], rtol=1e-6)
+  for kind in ("other", "head_sample", "exact"):
+    np.testing.assert_allclose(result[kind], in_study[kind], rtol=1e-6)
   with Image.open(os.path.join(out, "gap_step_0000003.png")) as im:
-    assert im.size == (640, 540)
+    assert im.size == (760, 580)
 
 
 def test_a_failing_run_is_reported_and_the_rest_goes_on(study, tmp_path):
@@ -166,6 +200,7 @@ def test_a_failing_run_is_reported_and_the_rest_goes_on(study, tmp_path):
                          judge_cache=os.path.join(workdir, "judge_cache"))
   assert out["failed"] == ["pra_z0"]
   rows = _table_rows(out["table"])
-  assert 0.0 <= float(rows["pra"][3]) <= 1.0  # Its digits accuracy, reused.
-  assert rows["pra_z0"][2].startswith("failed: ValueError") and "state.dim" in rows["pra_z0"][2]
+  assert 0.0 <= float(rows["pra"][4]) <= 1.0  # Its digits accuracy, reused.
+  assert "(failed: pra_z0: ValueError" in rows["pra_z0"][0] and "state.dim" in rows["pra_z0"][0]
+  assert rows["pra_z0"][1] == "0"  # No seed of it scored.
   assert os.path.exists(out["figure"])

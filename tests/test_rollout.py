@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import factories as F
-from pra_jax import loss, rollout, sampler
+from pra_jax import loss, rng, rollout, sampler
+from pra_jax.models import head as head_lib
 
 HEAD_ONLY, RECON_ONLY = jnp.array([1.0, 0.0]), jnp.array([0.0, 1.0])
 
@@ -90,24 +91,63 @@ def test_mode_runs_and_gradients_reach_the_right_parameters(batch, overrides, st
           f"head loss reaches the {component} through the inputs")
 
 
-def test_exact_inputs_are_the_sequential_rollout(batch):
-  config = F.tiny_config(**{"rollout.mode": "exact"})
+def test_uncoupled_exact_inputs_are_the_free_sequential_rollout(batch):
+  """couple_t0 = 0, the uncoupled end of the knob: exact is the sampler's free rollout."""
+  config = F.tiny_config(**{"rollout.mode": "exact", "rollout.couple_t0": 0.0})
   model = F.random_model(config, seed=2)
   images, labels = batch
   key = jax.random.key(7)
-
-  @F.jit
-  def exact_inputs(model, images, labels, key):
-    x = model.to_patches(images)
-    return rollout.build_inputs(model, x, model.encode(x), labels, key, 0, config)
-
-  got = exact_inputs(model, images, labels, key)
+  got = _inputs(config, model, batch, key)[1]
   settings = sampler.SampleSettings(num_steps=config.rollout.head_sample_steps)
-  want, _ = F.rollout_fn(settings)(model, labels, key)
+  sample_keys = rng.split_each(rng.as_example_keys(key, len(labels)), 2)[:, 1]
+  want, _ = F.rollout_fn(settings)(model, labels, sample_keys)
   assert got.shape == (8, model.num_patches - 1, model.patch_dim)
   np.testing.assert_allclose(got, want[:, :-1], atol=1e-5)
-  # The rollout is the model's own: nothing of the ground-truth images is in it.
+  # The free rollout is the model's own: nothing of the ground-truth images is in it.
   assert float(jnp.abs(got - model.to_patches(images)[:, :-1]).mean()) > 0.1
+
+
+def _sequential_coupled_rollout(model, x_BNP, labels, key, t0, steps):
+  """exact's definition written out: position i's input is G(z~_i), z~_i the head ODE from t0 to 1
+  started at t0 E(x_i) + (1 - t0) eps_i, given h_i of the model's own previous inputs (the whole
+  prefix recomputed every step, no cache)."""
+  b, n, p = x_BNP.shape
+  z = model.encode(x_BNP)
+  sample_keys = rng.split_each(rng.as_example_keys(key, b), 2)[:, 1]
+  inputs = jnp.zeros((b, n - 1, p))
+  for i in range(n - 1):
+    h = model.backbone(inputs, labels)[:, i]
+    eps = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, i), (model.gen_dim,)))(
+        sample_keys)
+    g = head_lib.sample(model.head, h, t0 * z[:, i] + (1 - t0) * eps, num_steps=steps, t0=t0)
+    inputs = inputs.at[:, i].set(model.decode(g, h))
+  return inputs
+
+
+def test_coupled_exact_is_the_hand_written_sequential_loop(batch):
+  config = F.tiny_config(**{"rollout.mode": "exact", "rollout.couple_t0": 0.3})
+  model = F.random_model(config, seed=2)
+  key = jax.random.key(7)
+  x, got = _inputs(config, model, batch, key)
+  want = F.jit(lambda model, x, labels, key: _sequential_coupled_rollout(
+      model, x, labels, key, 0.3, config.rollout.head_sample_steps))(model, x, batch[1], key)
+  # The KV cache and the full recompute differ by float32 rounding, compounded over 15 steps.
+  np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["head_sample", "exact"])
+def test_coupling_at_t0_one_gives_exactly_the_recon_inputs(batch, mode):
+  model = F.random_model(F.tiny_config(), seed=3)
+  key = jax.random.key(4)
+  _, recon_in = _inputs(F.tiny_config(**{"rollout.mode": "recon"}), model, batch, key)
+  _, coupled = _inputs(F.tiny_config(**{"rollout.mode": mode, "rollout.couple_t0": 1.0}), model,
+                       batch, key)
+  # The same decoder on the same states, batched differently: equal to float32 rounding.
+  np.testing.assert_allclose(coupled, recon_in, atol=2e-6)
+  # ... and below 1 the head's ODE moves them: the knob is live.
+  _, half = _inputs(F.tiny_config(**{"rollout.mode": mode, "rollout.couple_t0": 0.5}), model,
+                    batch, key)
+  assert float(jnp.abs(half - recon_in).mean()) > 1e-3
 
 
 def test_config_errors():
@@ -117,6 +157,9 @@ def test_config_errors():
     rollout.check_config(F.tiny_config(**{"rollout.sigma_law": "cosine"}))
   with pytest.raises(ValueError, match="0 <= sigma_min <= sigma_max"):
     rollout.check_config(F.tiny_config(**{"rollout.sigma_min": 0.8, "rollout.sigma_max": 0.2}))
+  for bad in (-0.1, 1.5):
+    with pytest.raises(ValueError, match="rollout.couple_t0 must be a number in"):
+      rollout.check_config(F.tiny_config(**{"rollout.couple_t0": bad}))
   for mode in ("pra", "recon"):
     config = F.tiny_config(**{"rollout.mode": mode, "model.direct_pixel": True})
     with pytest.raises(ValueError, match="direct_pixel=True has no state encoder/decoder"):

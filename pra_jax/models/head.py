@@ -115,8 +115,12 @@ def flow_loss(head: FlowHead, target_MZ, h_MD, key):
 
 
 def sample(head: FlowHead, h_MD, noise_MZ, *, num_steps: int, solver: str = "euler",
-           h_uncond_MD=None, cfg_scale=1.0):
+           h_uncond_MD=None, cfg_scale=1.0, t0=0.0):
   """Integrates the flow ODE from noise (t = 0) to a state (t = 1).
+
+  With a start time `t0` > 0 the integration runs over [t0, 1] only (num_steps steps of
+  (1 - t0) / num_steps), from `noise_MZ` read as the point z_t0 of a path: the coupled rollout
+  baselines start it at t0 * E(x) + (1 - t0) * eps. t0 = 1 returns noise_MZ unchanged.
 
   With `h_uncond_MD`, classifier-free guidance mixes the conditional and unconditional
   velocities, v = v_u + s (v_c - v_u), from one batched head call on [cond; uncond] that shares
@@ -126,6 +130,8 @@ def sample(head: FlowHead, h_MD, noise_MZ, *, num_steps: int, solver: str = "eul
     raise ValueError(f"sampler solver must be 'euler' or 'heun', got {solver!r}")
   if num_steps < 1:
     raise ValueError(f"sampler num_steps must be >= 1, got {num_steps}")
+  if isinstance(t0, (int, float)) and not 0.0 <= t0 <= 1.0:
+    raise ValueError(f"head ODE start time t0 must be in [0, 1], got {t0}")
   m = h_MD.shape[0]
   guided = h_uncond_MD is not None
   h_all = jnp.concatenate([h_MD, h_uncond_MD], axis=0) if guided else h_MD
@@ -140,10 +146,10 @@ def sample(head: FlowHead, h_MD, noise_MZ, *, num_steps: int, solver: str = "eul
     v_c, v_u = v[:m], v[m:]
     return v_u + scale * (v_c - v_u)
 
-  dt = 1.0 / num_steps
+  dt = (1.0 - t0) / num_steps
 
   def step(i, z):
-    t = i * dt
+    t = t0 + i * dt
     v = velocity(z, t)
     if solver == "euler":
       return z + dt * v
