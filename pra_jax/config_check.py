@@ -78,6 +78,8 @@ def user_input():
 def cli(main_fn):
   """Wraps an absl main: a user error is one line on stderr and exit status 2, no traceback."""
   def run(argv):
+    from pra_jax import quiet
+    quiet.quiet_library_logs()
     try:
       return main_fn(argv)
     except Exception as e:  # pylint: disable=broad-except

@@ -155,6 +155,8 @@ _FLAGS = {}
 
 
 def main(argv):
+  from pra_jax import quiet
+  quiet.quiet_library_logs()
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   f = {k: v.value for k, v in _FLAGS.items()}

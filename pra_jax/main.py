@@ -20,7 +20,7 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from pra_jax import distributed, quiet
+from pra_jax import distributed
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Config file of the run.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, samples.")
@@ -42,8 +42,7 @@ def _check_inputs():
     checkpoint.check_workdir(_WORKDIR.value, _CONFIG.value, overwrite=_OVERWRITE.value)
 
 
-def main(argv):
-  quiet.quiet_library_logs()
+def main(argv):   # Run through config_check.cli, which also quiets the libraries' logs.
   if len(argv) > 1:
     from pra_jax import config_check
     config_check.usage_error(f"unexpected arguments: {' '.join(argv[1:])}")

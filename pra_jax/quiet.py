@@ -8,7 +8,7 @@ import os
 # Library INFO lines that carry nothing for a pra_jax user (matched on the message text).
 _DROPPED = (
     "Unable to initialize backend",   # jax probing TPU / GPU plugins on a CPU host.
-    "read-only", "read_only",         # Orbax reminding a sampling run that it only reads.
+    "read-only", "read_only", "read only",   # Orbax reminding a sampling run that it reads.
 )
 
 
