@@ -55,12 +55,12 @@ STUDIES = {
     "digits": Study(modes=MODES[:-1], num_steps=500, sigmas=DEFAULT_SIGMAS,
                     state_dims=DEFAULT_STATE_DIMS),
     # configs/photos.py: 8 modes, 4 of them at 3 seeds = 16 runs, sized for 60 minutes on 2 idle
-    # cores by calibrating against the digits study's idle times: CPU seconds per train step
-    # measured side by side (same load) are 1.40x the demo's for pra, 1.52x for exact, and the
-    # demo's idle wall per step is 0.75x (pra) / 0.91x (exact) of its CPU time; so ~0.54 s/step
-    # (teacher, recon, pra), 0.49 (direct), 0.62 (head_sample), 0.81 (exact): 8.7 s per step of
-    # all 16 runs, plus ~60 s a run for compiling, scoring (34 CPU-s measured) and checkpoints.
-    # 250 steps: ~52 minutes estimated.
+    # cores. Measured on the shared 2-core machine at load ~4 (not idle): pra and exact at 250
+    # steps trained in 204 s and 230 s, scored in 104 s (with the judge's training) and 21 s;
+    # 564 s for both, 590 CPU-s. CPU seconds per step measured side by side with the digits demo
+    # put teacher / recon / pixel_noise at pra's cost, head_sample between pra and exact, the
+    # direct baselines at 0.9x pra: the 16 runs take ~3690 s at that load, and ~0.75x of it,
+    # ~46 minutes, idle (the digits demo's idle wall per step is 0.75x its CPU time).
     "photos": Study(modes=MODES, num_steps=250, seeds=3,
                     seeded_modes=("teacher", "recon", "pra", "direct_x"), gap_images=200),
 }
