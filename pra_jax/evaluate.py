@@ -12,6 +12,7 @@ import hashlib
 import importlib
 import json
 import os
+import sys
 
 import numpy as np
 from absl import app, flags, logging
@@ -178,7 +179,7 @@ def main(argv):
   with open(out, "w") as fp:
     json.dump(metrics, fp, indent=2, sort_keys=True)
   print(json.dumps(metrics, sort_keys=True))
-  print(summary_line(metrics))
+  print(summary_line(metrics), file=sys.stderr)   # stdout stays one line of JSON.
   logging.info("wrote %s", out)
 
 

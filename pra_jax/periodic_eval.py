@@ -31,11 +31,11 @@ def evaluate_samples(images: np.ndarray, labels: np.ndarray, config, cache_dir: 
   return {}
 
 
-def evaluate_model(model, config, workdir: str, step: int, writer=None) -> dict:
+def evaluate_model(model, config, workdir: str, step: int, writer=None, check_stop=None) -> dict:
   labels = balanced_labels(config.eval.num_images, config.data.num_classes)
   settings = sampler.SampleSettings.from_config(config.sample)
   images = sample.generate_many(model, labels, jax.random.key(config.seed + 2), settings,
-                                min(config.sample.batch_size, len(labels)))
+                                min(config.sample.batch_size, len(labels)), check_stop)
   metrics = evaluate_samples(images, labels, config, os.path.join(workdir, "eval_cache"))
   metrics = {f"eval/{k}": float(v) for k, v in metrics.items() if not isinstance(v, str)}
   if writer is not None and metrics:

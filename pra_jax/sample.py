@@ -51,11 +51,15 @@ def class_rows(classes, per_class: int) -> np.ndarray:
   return np.repeat(np.asarray(classes, np.int32), per_class)
 
 
-def generate_many(model, labels: np.ndarray, key, settings, batch_size: int) -> np.ndarray:
+def generate_many(model, labels: np.ndarray, key, settings, batch_size: int,
+                  check_stop=None) -> np.ndarray:
   """uint8 images for any number of labels, in fixed-size batches (one compile). Image k draws
-  from rng.example_keys(key, ..., first_index=k): the batch size does not change it."""
+  from rng.example_keys(key, ..., first_index=k): the batch size does not change it.
+  `check_stop()`, if given, runs before every batch (it raises to abandon the work)."""
   out = []
   for start in range(0, len(labels), batch_size):
+    if check_stop is not None:
+      check_stop()
     chunk = labels[start:start + batch_size]
     padded = np.pad(chunk, (0, batch_size - len(chunk)), mode="edge")
     keys = rng.example_keys(key, batch_size, first_index=start)
@@ -64,14 +68,15 @@ def generate_many(model, labels: np.ndarray, key, settings, batch_size: int) -> 
   return np.concatenate(out)
 
 
-def write_grid(bundle, config, workdir: str, step: int, writer=None, per_class: int = 10) -> str:
+def write_grid(bundle, config, workdir: str, step: int, writer=None, per_class: int = 10,
+               check_stop=None) -> str:
   """During training: an EMA sample grid to TensorBoard and workdir/samples/step_N.png."""
   model = bundle.ema if config.sample.use_ema else bundle.model
   classes = list(range(min(config.data.num_classes, 10)))
   settings = sampler.SampleSettings.from_config(config.sample)
   labels = class_rows(classes, per_class)
   images = generate_many(model, labels, jax.random.key(config.seed + 1), settings,
-                         min(config.sample.batch_size, len(labels)))
+                         min(config.sample.batch_size, len(labels)), check_stop)
   grid = image_grid(images, rows=len(classes))
   path = os.path.join(workdir, "samples", f"step_{step:07d}.png")
   if jax.process_index() == 0:
@@ -353,7 +358,8 @@ def main(argv):
   if not f["out"].endswith(".npz"):
     raise app.UsageError(f"--out must name a .npz file, got {f['out']}")
   with config_check.user_input():  # Before anything compiles.
-    config_check.check_number("--num_images", f["num_images"], 1, float("inf"))
+    if f["num_images"] is not None:   # None: 50 per class (ADM's protocol).
+      config_check.check_number("--num_images", f["num_images"], 1, float("inf"))
     if f["cfg"] is not None:
       config_check.check_number("--cfg", f["cfg"], 0.0, float("inf"))
   distributed.initialize_from_flags(_DISTRIBUTED)

@@ -169,6 +169,7 @@ class _Preemption:
     self.requested = False
     self.dirty = False        # Steps trained since the last committed checkpoint.
     self.abortable = False
+    self.abort_pending = False  # An abort raised where it may have been swallowed.
     self.is_saving = lambda: False
     self.single = False       # Set once the runtime is up (asking jax here would start it).
     self._previous = signal.signal(signal.SIGTERM, self._handle)
@@ -184,6 +185,15 @@ class _Preemption:
     self.requested = True
     if self.abortable and self.single:
       self.abortable = False
+      # Raised wherever the main thread is; if that is somewhere that swallows exceptions (a
+      # garbage-collection callback), check_abort raises it again before the next batch.
+      self.abort_pending = True
+      raise _Abort()
+
+  def check_abort(self):
+    """Called between the batches of a grid or an eval: raises a SIGTERM's abort once."""
+    if self.abort_pending:
+      self.abort_pending = False
       raise _Abort()
 
   def _watch(self):
@@ -400,6 +410,7 @@ def _train(config, workdir, overwrite, preemption) -> dict:
       return None
     finally:
       preemption.abortable = False
+      preemption.abort_pending = False
 
   with sharding.use_mesh(mesh):
     step = start_step
@@ -428,13 +439,15 @@ def _train(config, workdir, overwrite, preemption) -> dict:
         if not stop() and config.train.sample_every and (
             step % config.train.sample_every == 0 or step == num_steps):
           abortable(lambda: sample.write_grid(nnx.merge(graphdef, state), config, workdir, step,
-                                              writer), "sample grid", step)
+                                              writer, check_stop=preemption.check_abort),
+                    "sample grid", step)
         if not stop() and config.train.eval_every and (
             step % config.train.eval_every == 0 or step == num_steps):
           bundle = nnx.merge(graphdef, state)
           model = bundle.ema if config.sample.use_ema else bundle.model
           last_eval = abortable(lambda: periodic_eval.evaluate_model(
-              model, config, workdir, step, writer), "periodic eval", step) or last_eval
+              model, config, workdir, step, writer, check_stop=preemption.check_abort),
+              "periodic eval", step) or last_eval
         preempted = stop() or ckpt.reached_preemption(step)
         if step % config.checkpoint.every == 0 or step == num_steps or preempted:
           flush(pending)

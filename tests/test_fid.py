@@ -453,6 +453,7 @@ def test_evaluate_cli_digits_branch(tmp_path, monkeypatch):
   _evaluate_flags()
   with flagsaver.flagsaver(samples=str(samples), metrics="digits"):
     evaluate.main(["evaluate"])
-  assert calls == [((2, 16, 16, 1), [3, 4], str(tmp_path))]
+  # The judge's cache: the run's eval_cache beside (or above) the samples, as training fills it.
+  assert calls == [((2, 16, 16, 1), [3, 4], str(tmp_path / "eval_cache"))]
   out = json.loads((tmp_path / "digits.metrics.json").read_text())
   assert out == {"probe_accuracy": 0.75, "num_images": 2}

@@ -10,6 +10,7 @@ import shutil
 import signal
 
 import pytest
+from absl import logging as absl_logging
 
 from configs import tiny
 from pra_jax import checkpoint, sample, train
@@ -99,6 +100,7 @@ def test_resume_accepts_run_time_changes_and_records_them(run, caplog):
   config.sample.cfg = 1.5
   config.checkpoint.max_to_keep = 5
   caplog.set_level("INFO")
+  absl_logging.set_verbosity(absl_logging.INFO)   # Whatever an earlier test in this worker set.
   train.train_and_evaluate(config, run)
   messages = [r.getMessage() for r in caplog.records]
   assert any("Resumed from" in m and "at step 2" in m for m in messages), messages[-20:]
