@@ -255,30 +255,12 @@ def _example(image: np.ndarray, label: int, bad: bool) -> dict[str, np.ndarray]:
   return {"image": image, "label": np.int32(label), "bad": np.int32(bad)}
 
 
-class DigitsSource:
-  """The digits demo split held in memory."""
+class InMemorySource:
+  """A split held in memory as (images uint8 [n, H, W, C], labels int32 [n]): the digits demo
+  set and the photos' crops."""
 
-  def __init__(self, role: str, image_size: int, channels: int):
-    images, self._labels = load_digits_split(role, image_size)
-    self._images = np.repeat(images, channels, axis=-1) if channels == 3 else images
-    self._role = role
-
-  def __len__(self) -> int:
-    return len(self._labels)
-
-  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-    return _example(self._images[index], self._labels[index], bad=False)
-
-  def __repr__(self) -> str:
-    return f"DigitsSource({self._role!r}, n={len(self)})"
-
-
-class PhotosSource:
-  """Crops of the bundled photographs (PHOTOS), held in memory."""
-
-  def __init__(self, role: str, image_size: int, channels: int):
-    self._images, self._labels = load_photos_split(role, image_size, channels)
-    self._role = role
+  def __init__(self, name: str, role: str, images: np.ndarray, labels: np.ndarray):
+    self._name, self._role, self._images, self._labels = name, role, images, labels
 
   def __len__(self) -> int:
     return len(self._labels)
@@ -287,7 +269,13 @@ class PhotosSource:
     return _example(self._images[index], self._labels[index], bad=False)
 
   def __repr__(self) -> str:
-    return f"PhotosSource({self._role!r}, n={len(self)})"
+    return f"InMemorySource({self._name!r}, {self._role!r}, n={len(self)})"
+
+
+def _digits_source(role: str, image_size: int, channels: int) -> InMemorySource:
+  images, labels = load_digits_split(role, image_size)
+  images = np.repeat(images, channels, axis=-1) if channels == 3 else images
+  return InMemorySource("digits", role, images, labels)
 
 
 class SyntheticSource:
@@ -479,10 +467,12 @@ def make_source(data_cfg: ml_collections.ConfigDict, split: str) -> Source:
   validate_config(data_cfg)
   if data_cfg.source == "digits":
     _check_num_classes(data_cfg, DIGITS_NUM_CLASSES, "the digits set")
-    return DigitsSource(_split_role(data_cfg, split), data_cfg.image_size, data_cfg.channels)
+    return _digits_source(_split_role(data_cfg, split), data_cfg.image_size, data_cfg.channels)
   if data_cfg.source == "photos":
     _check_num_classes(data_cfg, PHOTOS_NUM_CLASSES, "the photos set")
-    return PhotosSource(_split_role(data_cfg, split), data_cfg.image_size, data_cfg.channels)
+    role = _split_role(data_cfg, split)
+    return InMemorySource("photos", role, *load_photos_split(role, data_cfg.image_size,
+                                                             data_cfg.channels))
   if data_cfg.source == "synthetic":
     role = _split_role(data_cfg, split)
     logging.warning("data.source='synthetic': random images for a smoke test of the %s split; "

@@ -15,6 +15,7 @@ Entry point: flags, distributed runtime, versions and devices, then train.train_
 """
 
 
+import glob
 import os
 
 from absl import app, flags, logging
@@ -65,7 +66,6 @@ def main(argv):   # Run through config_check.cli, which also quiets the librarie
 
 def summary(config_path: str, workdir: str, config, metrics: dict) -> str:
   """Where the run put everything, and the commands that come next for this workdir."""
-  import glob
   ckpt_dir = os.path.join(workdir, "checkpoints")
   steps = sorted(int(n) for n in os.listdir(ckpt_dir) if n.isdigit()) if os.path.isdir(
       ckpt_dir) else []

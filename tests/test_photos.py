@@ -1,17 +1,12 @@
 """The photos proving ground: data.source=photos (crops of ten bundled photographs, held-out crops
 from pixels no training crop touches) and its judge (pra_jax.metrics.photos)."""
 
-import importlib.util
 import warnings
 
 import numpy as np
 import pytest
 
 from pra_jax import data
-
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("skimage") is None,
-    reason="data.source=photos reads photos from scikit-image's wheel (requirements.txt)")
 
 SIZE = 16  # The judge tests use 16px crops: a quarter of the pixels, the same code paths.
 

@@ -24,18 +24,21 @@ def _bundle(config):
   return train.create_bundle(config, MESH)
 
 
-@functools.cache
-def _step_fn(config_json):
-  import ml_collections
-  config = ml_collections.ConfigDict(__import__("json").loads(config_json))
-  config.train.weight_decay_on = tuple(config.train.weight_decay_on)
-  graphdef = nnx.split(_bundle(config))[0]
-  return graphdef, F.jit(functools.partial(train.train_step, graphdef, config=config))
+_STEP_FNS = {}
+
+
+def _step_fn(config):
+  """(graphdef, jitted train.train_step) per config, shared by the tests that use it."""
+  key = config.to_json()
+  if key not in _STEP_FNS:
+    graphdef = nnx.split(_bundle(config))[0]
+    _STEP_FNS[key] = graphdef, F.jit(functools.partial(train.train_step, graphdef, config=config))
+  return _STEP_FNS[key]
 
 
 def run_steps(config, bundle, batches):
   """Runs train.train_step over `batches`; returns (final bundle, per-step metrics)."""
-  graphdef, fn = _step_fn(config.to_json())
+  graphdef, fn = _step_fn(config)
   state = nnx.split(bundle)[1]
   history = []
   with sharding.use_mesh(MESH):
