@@ -170,11 +170,11 @@ def _save(model: DigitsClassifier, path: str) -> None:
     raise
 
 
-def _load(path: str, image_size: int) -> DigitsClassifier:
-  """Loads params into the network's structure; raises ValueError if they do not fit exactly."""
+def load_params(path: str, make_model):
+  """Params written by _save, loaded into make_model()'s structure (the judges share it);
+  ValueError if they do not fit exactly."""
   # Shapes only: the stored values replace every leaf, so nothing needs initialising.
-  abstract = nnx.eval_shape(lambda: DigitsClassifier(image_size, rngs=nnx.Rngs(0)))
-  graphdef, state = nnx.split(abstract)
+  graphdef, state = nnx.split(nnx.eval_shape(make_model))
   expected = traverse_util.flatten_dict(nnx.to_pure_dict(state), sep="/")
   with np.load(path, allow_pickle=False) as npz:
     stored = {k: npz[k] for k in npz.files}
@@ -191,18 +191,28 @@ def _load(path: str, image_size: int) -> DigitsClassifier:
   return nnx.merge(graphdef, state)
 
 
-def load_or_train_classifier(image_size: int, cache_dir: str, seed: int = 0) -> DigitsClassifier:
-  """The cached classifier for image_size; trains and caches it on first use or a bad file."""
-  path = cache_path(cache_dir, image_size, seed)
+def cached_classifier(path: str, load, train, what: str):
+  """load(path) if the cache is good; else train(), cache it and return it (a bad file warns)."""
   if os.path.exists(path):
     try:
-      return _load(path, image_size)
+      return load(path)
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-      warnings.warn(f"digits classifier cache {path} is unreadable ({e}); retraining",
-                    RuntimeWarning, stacklevel=2)
-  model = train_classifier(image_size, seed)
+      warnings.warn(f"{what} classifier cache {path} is unreadable ({e}); retraining",
+                    RuntimeWarning, stacklevel=3)
+  model = train()
   _save(model, path)
   return model
+
+
+def _load(path: str, image_size: int) -> DigitsClassifier:
+  return load_params(path, lambda: DigitsClassifier(image_size, rngs=nnx.Rngs(0)))
+
+
+def load_or_train_classifier(image_size: int, cache_dir: str, seed: int = 0) -> DigitsClassifier:
+  """The cached classifier for image_size; trains and caches it on first use or a bad file."""
+  return cached_classifier(cache_path(cache_dir, image_size, seed),
+                           lambda path: _load(path, image_size),
+                           lambda: train_classifier(image_size, seed), "digits")
 
 
 # ----------------------------------------------------------------------------- scoring

@@ -15,18 +15,15 @@ not a quality floor).
 
 import functools
 import os
-import warnings
-import zipfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from flax import traverse_util
 
 from pra_jax.data import PHOTOS_NUM_CLASSES, load_photos_split
-from pra_jax.metrics.digits import _save, to_unit_range
+from pra_jax.metrics.digits import _save, cached_classifier, load_params, to_unit_range
 from pra_jax.metrics.fid import feature_statistics, frechet_distance
 
 # Bump whenever the architecture, preprocessing or training recipe changes (part of the file name).
@@ -128,34 +125,14 @@ def cache_path(cache_dir: str, image_size: int, seed: int = 0) -> str:
 
 
 def _load(path: str, image_size: int) -> PhotosClassifier:
-  """Loads params into the judge's structure; ValueError if they do not fit exactly."""
-  abstract = nnx.eval_shape(lambda: PhotosClassifier(image_size, rngs=nnx.Rngs(0)))
-  graphdef, state = nnx.split(abstract)
-  expected = traverse_util.flatten_dict(nnx.to_pure_dict(state), sep="/")
-  with np.load(path, allow_pickle=False) as npz:
-    stored = {k: npz[k] for k in npz.files}
-  if set(stored) != set(expected):
-    raise ValueError(f"cache holds {sorted(stored)}, expected {sorted(expected)}")
-  for k, v in expected.items():
-    if stored[k].shape != v.shape or stored[k].dtype != v.dtype or not np.isfinite(stored[k]).all():
-      raise ValueError(f"cache entry {k} is {stored[k].dtype}{stored[k].shape} (or not finite), "
-                       f"expected finite {v.dtype}{v.shape}")
-  nnx.replace_by_pure_dict(state, traverse_util.unflatten_dict(
-      {k: jnp.asarray(v) for k, v in stored.items()}, sep="/"))
-  return nnx.merge(graphdef, state)
+  return load_params(path, lambda: PhotosClassifier(image_size, rngs=nnx.Rngs(0)))
 
 
 def load_or_train_classifier(image_size: int, cache_dir: str, seed: int = 0) -> PhotosClassifier:
-  path = cache_path(cache_dir, image_size, seed)
-  if os.path.exists(path):
-    try:
-      return _load(path, image_size)
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-      warnings.warn(f"photos classifier cache {path} is unreadable ({e}); retraining",
-                    RuntimeWarning, stacklevel=2)
-  model = train_classifier(image_size, seed)
-  _save(model, path)
-  return model
+  """The cached judge for image_size; trains and caches it on first use or a bad file."""
+  return cached_classifier(cache_path(cache_dir, image_size, seed),
+                           lambda path: _load(path, image_size),
+                           lambda: train_classifier(image_size, seed), "photos")
 
 
 # ----------------------------------------------------------------------------- scoring
