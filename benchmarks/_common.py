@@ -2,7 +2,6 @@
 train step built as train_and_evaluate builds it, and a one-line description of the machine."""
 
 import datetime
-import functools
 import os
 import statistics
 import sys
@@ -17,7 +16,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from pra_jax import sharding, train  # noqa: E402
+from pra_jax import run_state, sharding  # noqa: E402
 
 
 def machine() -> str:
@@ -66,17 +65,15 @@ def synthetic_batch(config, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 class TrainStep:
-  """train.train_step jitted exactly as train_and_evaluate jits it, on all local devices."""
+  """run_state.train_step jitted exactly as train_and_evaluate jits it, on all local devices."""
 
   def __init__(self, config, state=None, graphdef=None):
     self.config = config
     self.mesh = sharding.make_mesh(config.sharding.mesh)
     if state is None:
-      graphdef, state = nnx.split(train.create_bundle(config, self.mesh))
+      graphdef, state = nnx.split(run_state.create_bundle(config, self.mesh))
     self.graphdef, self.state = graphdef, state
-    state_sharding = jax.tree.map(lambda a: a.sharding, state)
-    self.fn = jax.jit(functools.partial(train.train_step, graphdef, config=config),
-                      donate_argnums=0, out_shardings=(state_sharding, None))
+    self.fn = run_state.jit_train_step(graphdef, state, config)
     self.step = 0
     self.compiled = None
 

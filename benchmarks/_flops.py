@@ -17,9 +17,8 @@ import _common as C  # Puts the repository on sys.path.
 import jax
 import jax.numpy as jnp
 
-from pra_jax import sharding
+from pra_jax import run_state, sharding
 from pra_jax.models import layers
-from pra_jax.tools import plan
 
 
 def train_step_flops(config, batch: int) -> dict[str, float]:
@@ -112,7 +111,7 @@ def xla_flops(config, batch: int) -> float:
   config = copy.deepcopy(config)
   config.model.backbone.scan_layers = False
   mesh = sharding.make_mesh(config.sharding.mesh)
-  compiled = plan.compile_train_step(config, mesh, batch)[0]
+  compiled = run_state.compile_train_step(config, mesh, batch)[0]
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float(cost.get("flops", float("nan"))) if cost else float("nan")
@@ -151,3 +150,22 @@ def measure(config, steps: int, matmul: int, cross_check: bool = True,
           "interleaved_dot": interleaved, "sweep": sweep,
           "achieved": achieved, "mfu": achieved / peak, "images_per_s": batch / step_t,
           "batch": batch, "dtype": config.model.backbone.dtype}
+
+
+# (name, chips, dense bf16 FLOP/s per chip)
+MACHINES = (
+    ("8x H100 SXM", 8, 989e12),
+    ("TPU v5p-64 (32 chips)", 32, 459e12),
+)
+
+
+def projection(config, utilisation: float, num_images: int) -> tuple[dict, list[tuple]]:
+  """(FLOPs per image by component, [(machine, chips, peak per chip, seconds)])."""
+  if not 0.0 < utilisation <= 1.0:
+    raise ValueError(f"utilisation must be in (0, 1], got {utilisation}")
+  if num_images < 1:
+    raise ValueError(f"num_images must be >= 1, got {num_images}")
+  f = sample_flops(config)
+  rows = [(name, chips, peak, num_images * f["total"] / (chips * peak * utilisation))
+          for name, chips, peak in MACHINES]
+  return f, rows

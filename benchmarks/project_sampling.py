@@ -19,35 +19,11 @@ from absl import app, flags
 from ml_collections import config_flags
 
 
-def _define_flags():
-  """Defined only when this file runs as the program: the tests import projection()."""
-  return {
-      "config": config_flags.DEFINE_config_file("config", "configs/pra_l.py",
-                                                "Model and sampler settings."),
-      "utilisation": flags.DEFINE_float("utilisation", 0.40,
-                                        "Assumed share of the bf16 dense peak reached."),
-      "num_images": flags.DEFINE_integer("num_images", 50_000, "Images to generate."),
-  }
-
-
-_FLAGS = {}
-# (name, chips, dense bf16 FLOP/s per chip)
-MACHINES = (
-    ("8x H100 SXM", 8, 989e12),
-    ("TPU v5p-64 (32 chips)", 32, 459e12),
-)
-
-
-def projection(config, utilisation: float, num_images: int) -> tuple[dict, list[tuple]]:
-  """(FLOPs per image by component, [(machine, chips, peak per chip, seconds)])."""
-  if not 0.0 < utilisation <= 1.0:
-    raise ValueError(f"utilisation must be in (0, 1], got {utilisation}")
-  if num_images < 1:
-    raise ValueError(f"num_images must be >= 1, got {num_images}")
-  f = _flops.sample_flops(config)
-  rows = [(name, chips, peak, num_images * f["total"] / (chips * peak * utilisation))
-          for name, chips, peak in MACHINES]
-  return f, rows
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/pra_l.py",
+                                          "Model and sampler settings.")
+_UTILISATION = flags.DEFINE_float("utilisation", 0.40,
+                                  "Assumed share of the bf16 dense peak reached.")
+_NUM_IMAGES = flags.DEFINE_integer("num_images", 50_000, "Images to generate.")
 
 
 def _duration(seconds: float) -> str:
@@ -56,8 +32,8 @@ def _duration(seconds: float) -> str:
 
 def main(argv):
   del argv
-  config, util, num = (_FLAGS[k].value for k in ("config", "utilisation", "num_images"))
-  f, rows = projection(config, util, num)
+  config, util, num = _CONFIG.value, _UTILISATION.value, _NUM_IMAGES.value
+  f, rows = _flops.projection(config, util, num)
   sp, b = config.sample, config.model.backbone
   tokens = (config.data.image_size // config.model.patch_size) ** 2
   parts = ", ".join(f"{k} {v / 1e12:.3g}" for k, v in f.items() if k != "total")
@@ -75,5 +51,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  _FLAGS.update(_define_flags())
   app.run(main)

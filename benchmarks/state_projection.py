@@ -25,7 +25,7 @@ from flax import nnx  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from benchmarks import _common  # noqa: E402
-from pra_jax import periodic_eval, rng, sample, sampler  # noqa: E402
+from pra_jax import periodic_eval, rng, run_state, sampler  # noqa: E402
 from pra_jax.metrics import digits  # noqa: E402
 from pra_jax.models import state as state_lib  # noqa: E402
 
@@ -46,7 +46,7 @@ def main(argv):
   config = _CONFIG.value
   if config.model.direct_pixel:
     raise app.UsageError("a direct-pixel model has no state to project")
-  model, step = sample.restore_model(config, _WORKDIR.value, use_ema=True)
+  model, _, step = run_state.restore_for_sampling(config, _WORKDIR.value, use_ema=True)
   labels = periodic_eval.balanced_labels(_NUM.value, config.data.num_classes)
   judge_cache = os.path.join(_WORKDIR.value, "eval_cache")
   norm = config.model.state.norm

@@ -1,374 +1,48 @@
-"""The train-inference gap on held-out images: the head loss per position of the image's own
-target E(x_i) when the backbone reads different prefixes, in absolute terms, with the control
-that says whether the model reads its prefix at all.
+"""The train-inference gap of a trained run on held-out images (pra_jax/studies/gap.py says
+what each number means).
 
   python -m pra_jax.gap --config=configs/demo.py --workdir=DIR
-
-Dimension legend: B images, N patches, P pixels per patch, G generated dims (Z, or P for the
-direct-pixel baseline), D backbone width. Every kind is scored against the same target with
-the same flow-loss draws (common random numbers). Kinds are rollout's input modes
-(pra_jax.rollout.build_inputs, the very inputs that training on that mode sees), plus 'other':
-
-| kind        | backbone input at position j < i                                                |
-| teacher     | x_j, the image's own pixels                                                     |
-| other       | x_j of another held-out image of the same class (the prefix-sensitivity control)|
-| head_sample | G(z~_j), the model's own one-step sample given the image's true prefix x_<j     |
-| exact       | the model's own free-running generation of the class, one patch after another   |
-| pixel_noise, recon, pra | those training modes' inputs                                        |
-
-head_sample and exact use rollout.couple_t0 = `couple_t0`, 0 by default: what inference feeds the
-model (a sample that knows nothing of x_j), not the coupled training inputs. They use the
-sampler's head steps, unguided (cfg 1): the gap of the learned conditional itself.
-
-Reading the numbers (positions 1..N-1; h_0 reads the class token alone, so position 0 is the
-same under every kind):
-- `sensitivity` = other / teacher: how much the image's own prefix tells the model about x_i.
-  About 1 means the model ignores its prefix; every other number then means nothing (such a
-  model has no train-inference gap to measure, and scores own/teacher = 1 without being good).
-- `lost_<kind>` = (kind - teacher) / (other - teacher): the share of that information lost when
-  the prefix is replaced by `kind`'s inputs. 0: as informative as the true pixels; 1: no better
-  than a real image of the class that is not this one; above 1: worse than that, i.e. the inputs
-  are off the distribution the model reads. For head_sample (one sampling step, errors do not
-  compound) this is the one-step gap; for exact (a free rollout, never this image) 1 is the
-  floor of a perfect model and the excess over 1 is the compounding gap. Even a perfect model
-  scores lost_head_sample > 0: an independent sample of x_j is not x_j.
-Compare models on lost_* only where both have a sensitivity clearly above 1.
 """
 
-import json
-import math
-import os
-
-import jax
-import jax.numpy as jnp
-import ml_collections
-import numpy as np
 from absl import app, flags
-from flax import nnx
 from ml_collections import config_flags
-from PIL import Image, ImageDraw, ImageFont
 
-from pra_jax import data, rollout, sampler
-from pra_jax.models import head as head_lib
+from pra_jax.studies import gap
 
-KINDS = ("teacher", "other", "head_sample", "exact") + tuple(
-    m for m in rollout.MODES if m not in ("teacher", "head_sample", "exact"))
-DEFAULT_KINDS = ("teacher", "other", "head_sample", "exact")
-_REFERENCES = ("teacher", "other")  # What lost_<kind> is measured between.
-
-
-# ----------------------------------------------------------------------------- the inputs
-
-def kind_config(config, kind: str, *, num_steps: int, couple_t0: float):
-  """The run's config with rollout.mode = kind: what build_inputs reads to make its inputs."""
-  c = config.copy_and_resolve_references()
-  c.rollout.mode = "teacher" if kind == "other" else kind
-  c.rollout.head_sample_steps = num_steps
-  c.rollout.couple_t0 = float(couple_t0)
-  return ml_collections.FrozenConfigDict(c)
-
-
-def same_class_partners(labels: np.ndarray) -> np.ndarray:
-  """Index of another image of the same class for every image: the one half the class away in
-  the split's order (cyclically). Digits are in random order; the photos' held-out crops are in
-  x order along one row, so a partner is half a photo's width away and shares no pixels (an
-  overlapping neighbour would share most of its prefix and hide the model's sensitivity)."""
-  partner = np.arange(len(labels))
-  for c in np.unique(labels):
-    idx = np.flatnonzero(labels == c)
-    if len(idx) < 2:
-      raise ValueError(f"the prefix-sensitivity control needs two held-out images of every "
-                       f"class; class {int(c)} has {len(idx)}")
-    partner[idx] = np.roll(idx, -(len(idx) // 2))
-  return partner
-
-
-def head_loss_BN(model, x_in_BMP, y_B, target_BNG, key, num_calls: int):
-  """Flow loss per position of the target given the inputs: num_calls x head.num_draws draws."""
-  b, n, _ = target_BNG.shape
-  h = model.backbone(x_in_BMP, y_B).reshape(b * n, -1)
-  target = target_BNG.reshape(b * n, -1)
-  total = sum(head_lib.flow_loss(model.head, target, h, jax.random.fold_in(key, c))
-              for c in range(num_calls))
-  return (total / num_calls).reshape(b, n)
-
-
-@nnx.jit(static_argnames=("configs", "num_calls", "num_rollouts", "step"))
-def _gap_batch(model, images, other_images, labels, key, configs, num_calls, num_rollouts, step):
-  """{kind: per-image, per-position head loss [B, N]} for one batch of held-out images."""
-  x_BNP = model.to_patches(images)
-  z_BNG = model.encode(x_BNP)
-  target = jax.lax.stop_gradient(z_BNG)
-  key_loss, key_inputs = jax.random.split(key)
-  # The same loss key for every kind: their differences are not noise of the flow-loss draws.
-  loss = lambda x_in: head_loss_BN(model, x_in, labels, target, key_loss, num_calls)
-  out = {}
-  for kind, config in configs:
-    if kind == "other":
-      out[kind] = loss(model.to_patches(other_images)[:, :-1])
-      continue
-    draws = 1 if kind == "teacher" else num_rollouts
-    key_kind = jax.random.fold_in(key_inputs, KINDS.index(kind))
-    out[kind] = sum(loss(jax.lax.stop_gradient(rollout.build_inputs(
-        model, x_BNP, z_BNG, labels, jax.random.fold_in(key_kind, r), step, config)))
-        for r in range(draws)) / draws
-  return out
-
-
-# ----------------------------------------------------------------------------- the diagnostic
-
-def measure(model, images, labels, key, config, *, num_steps: int | None = None,
-            couple_t0: float = 0.0, noise_draws: int = 16, num_rollouts: int = 2,
-            batch_size: int = 100, kinds=DEFAULT_KINDS, step: int | None = None) -> dict:
-  """Per-position head loss under each input kind on (images, labels), and the summaries.
-
-  Returns numpy arrays of length N: `<kind>` (mean loss), `<kind>_stderr` (over images) and
-  `ratio_<kind>` (mean loss / mean teacher loss); scalars over positions 1..N-1: `<kind>_mean`,
-  `sensitivity` (other / teacher) and `lost_<kind>` for every kind but the two references (see
-  the module docstring), and `num_images`. teacher and other are always measured.
-  `num_steps`: head ODE steps of the sampled kinds (default config.sample.num_steps); `step`:
-  where a scheduled sigma law stands (default: the end of training).
-  """
-  unknown = sorted(set(kinds) - set(KINDS))
-  if unknown:
-    raise ValueError(f"gap kinds must be among {KINDS}, got {unknown}")
-  kinds = tuple(k for k in KINDS if k in kinds or k in _REFERENCES)
-  num_steps = num_steps or config.sample.num_steps
-  step = config.train.num_steps if step is None else int(step)
-  configs = tuple((k, kind_config(config, k, num_steps=num_steps, couple_t0=couple_t0))
-                  for k in kinds)
-  for _, c in configs:
-    rollout.check_config(c)   # A state kind on a direct-pixel model: one clear error, up front.
-  labels = sampler.check_labels(labels, model.num_classes)
-  images = np.asarray(images)
-  others = images[same_class_partners(labels)]
-  num_calls = max(1, math.ceil(noise_draws / model.head.cfg.num_draws))
-  batch_size = min(batch_size, len(labels))
-  per_image = {k: [] for k in kinds}
-  for start in range(0, len(labels), batch_size):
-    chunk = slice(start, start + batch_size)
-    n_real = len(labels[chunk])
-    pad = lambda a: np.concatenate([a, np.repeat(a[-1:], batch_size - len(a), axis=0)])
-    out = _gap_batch(model, jnp.asarray(pad(images[chunk])), jnp.asarray(pad(others[chunk])),
-                     jnp.asarray(pad(labels[chunk])), jax.random.fold_in(key, start), configs,
-                     num_calls, num_rollouts, step)
-    for k in kinds:
-      per_image[k].append(np.asarray(out[k], np.float64)[:n_real])
-  result = {"position": np.arange(model.num_patches), "num_images": len(labels),
-            "noise_draws": num_calls * model.head.cfg.num_draws, "num_rollouts": num_rollouts,
-            "num_steps": num_steps, "couple_t0": float(couple_t0)}
-  for k in kinds:
-    losses_BN = np.concatenate(per_image[k])
-    result[k] = losses_BN.mean(axis=0)
-    result[f"{k}_stderr"] = losses_BN.std(axis=0, ddof=1) / np.sqrt(len(losses_BN)) \
-        if len(losses_BN) > 1 else np.zeros(losses_BN.shape[1])
-    result[f"{k}_mean"] = float(result[k][1:].mean())
-  for k in kinds[1:]:
-    result[f"ratio_{k}"] = result[k] / result["teacher"]
-  teacher, other = result["teacher_mean"], result["other_mean"]
-  result["sensitivity"] = other / teacher
-  for k in kinds:
-    if k not in _REFERENCES:
-      result[f"lost_{k}"] = (result[f"{k}_mean"] - teacher) / (other - teacher) \
-          if other != teacher else float("nan")
-  return result
-
-
-def held_out(config, num_images: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-  """The held-out split of the run's data: all of it, or about num_images of it, the same number
-  of every class (at least 2, so each image has a same-class partner for the control)."""
-  images, labels = data.load_eval_arrays(config.data)
-  if num_images is not None and num_images < len(labels):
-    classes = np.unique(labels)
-    per_class = max(2, math.ceil(num_images / len(classes)))
-    # Evenly spread over each class's images (in the split's order), not its first few: the
-    # photos' crops are stored in x order, and the first few would overlap each other.
-    take = np.sort(np.concatenate([
-        idx[np.linspace(0, len(idx) - 1, min(per_class, len(idx))).round().astype(int)]
-        for idx in (np.flatnonzero(labels == c) for c in classes)]))
-    images, labels = images[take], labels[take]
-  return images, labels
-
-
-def summary_line(result: dict) -> str:
-  """The headline numbers in one line (absolute losses first: the ratios need them)."""
-  kinds = [k for k in KINDS if f"{k}_mean" in result]
-  return (f"gap on {result['num_images']} held-out images, {result['noise_draws']} loss draws: "
-          "mean head loss " + ", ".join(f"{k} {result[f'{k}_mean']:.4f}" for k in kinds)
-          + f"; sensitivity other/teacher {result['sensitivity']:.3f}; "
-          + ", ".join(f"lost_{k} {result[f'lost_{k}']:.3f}" for k in kinds
-                      if k not in _REFERENCES))
-
-
-# ----------------------------------------------------------------------------- plot and logs
-
-_COLOURS = {"teacher": (31, 119, 180), "other": (127, 127, 127), "head_sample": (255, 127, 14),
-            "exact": (44, 160, 44), "pixel_noise": (214, 39, 40), "recon": (148, 103, 189),
-            "pra": (140, 86, 75)}
-
-
-def label_font(size: int):
-  try:
-    return ImageFont.load_default(size=size)
-  except TypeError:  # Pillow without FreeType: the fixed bitmap font.
-    return ImageFont.load_default()
-
-
-def _panel(draw, box, series: dict, title: str, font, reference: float | None = None):
-  """Draws {name: (x, y, err)} as lines with error bars inside box = (left, top, right, bottom)."""
-  left, top, right, bottom = box
-  xs = np.concatenate([s[0] for s in series.values()])
-  lows = np.concatenate([s[1] - s[2] for s in series.values()])
-  highs = np.concatenate([s[1] + s[2] for s in series.values()])
-  if reference is not None:
-    lows, highs = np.append(lows, reference), np.append(highs, reference)
-  y_lo, y_hi = float(lows.min()), float(highs.max())
-  if y_hi - y_lo < 1e-9:
-    y_lo, y_hi = y_lo - 0.5, y_hi + 0.5
-  margin = 0.05 * (y_hi - y_lo)
-  y_lo, y_hi = y_lo - margin, y_hi + margin
-  x_lo, x_hi = float(xs.min()), float(max(xs.max(), xs.min() + 1))
-  px = lambda x: left + (x - x_lo) / (x_hi - x_lo) * (right - left)
-  py = lambda y: bottom - (y - y_lo) / (y_hi - y_lo) * (bottom - top)
-  draw.rectangle(box, outline=(0, 0, 0))
-  draw.text((left, top - 36), title, fill=(0, 0, 0), font=font)
-  for frac in np.linspace(0, 1, 5):
-    y = y_lo + frac * (y_hi - y_lo)
-    draw.line([(left - 4, py(y)), (left, py(y))], fill=(0, 0, 0))
-    draw.text((left - 52, py(y) - 6), f"{y:.3g}", fill=(0, 0, 0), font=font)
-  for x in range(int(x_lo), int(x_hi) + 1, max(1, int(x_hi - x_lo) // 8)):
-    draw.line([(px(x), bottom), (px(x), bottom + 4)], fill=(0, 0, 0))
-    draw.text((px(x) - 4, bottom + 6), str(x), fill=(0, 0, 0), font=font)
-  if reference is not None:
-    draw.line([(left, py(reference)), (right, py(reference))], fill=(160, 160, 160))
-  for i, (name, (x, y, err)) in enumerate(series.items()):
-    colour = _COLOURS.get(name.split("/")[0], (0, 0, 0))
-    points = [(px(a), py(b)) for a, b in zip(x, y)]
-    draw.line(points, fill=colour, width=2)
-    for (a, b), e in zip(points, err):
-      half = e / (y_hi - y_lo) * (bottom - top)
-      draw.line([(a, b - half), (a, b + half)], fill=colour)
-      draw.ellipse([a - 2, b - 2, a + 2, b + 2], fill=colour)
-    # The legend sits between the title and the panel's right end, clear of the curves.
-    x_key = right - 110 * (len(series) - i)
-    draw.line([(x_key, top - 11), (x_key + 20, top - 11)], fill=colour, width=2)
-    draw.text((x_key + 25, top - 18), name, fill=(0, 0, 0), font=font)
-
-
-def plot(result: dict, path: str, title: str = "") -> np.ndarray:
-  """Head loss per position (top) and its ratio to teacher forcing (bottom): a PNG; returns it."""
-  kinds = [k for k in KINDS if k in result]
-  x = result["position"]
-  img = Image.new("RGB", (760, 580), (255, 255, 255))
-  draw = ImageDraw.Draw(img)
-  font = label_font(12)
-  draw.text((70, 6), title or "train-inference gap", fill=(0, 0, 0), font=label_font(14))
-  _panel(draw, (70, 70, 740, 270),
-         {k: (x, result[k], result[f"{k}_stderr"]) for k in kinds},
-         "head loss per position (+- stderr over images)", font)
-  ratios = {k: (x, result[f"ratio_{k}"], np.zeros_like(x, float)) for k in kinds[1:]}
-  if ratios:
-    _panel(draw, (70, 340, 740, 530), ratios, "ratio to the teacher-forced loss (other: the "
-           "control)", font, reference=1.0)
-  draw.text((320, 555), "patch position (raster order)", fill=(0, 0, 0), font=font)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + ".tmp.png"
-  img.save(tmp)
-  os.replace(tmp, path)
-  return np.asarray(img)
-
-
-def to_json(result: dict) -> dict:
-  return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in result.items()}
-
-
-def write(result: dict, outdir: str, step: int, title: str = "") -> str:
-  """PNG, JSON and TensorBoard summaries (per-position scalars, step = position) under outdir."""
-  from clu import metric_writers
-
-  os.makedirs(outdir, exist_ok=True)
-  png = os.path.join(outdir, f"gap_step_{step:07d}.png")
-  image = plot(result, png, title)
-  with open(os.path.join(outdir, f"gap_step_{step:07d}.json"), "w") as f:
-    json.dump(to_json(result), f, indent=1)
-  writer = metric_writers.create_default_writer(outdir, just_logging=jax.process_index() > 0)
-  kinds = [k for k in KINDS if k in result]
-  for pos in result["position"].tolist():
-    scalars = {f"gap_per_position/{k}": float(result[k][pos]) for k in kinds}
-    scalars.update({f"gap_per_position/ratio_{k}": float(result[f"ratio_{k}"][pos])
-                    for k in kinds[1:]})
-    writer.write_scalars(pos, scalars)
-  summary = {f"gap/{k}_mean": result[f"{k}_mean"] for k in kinds}
-  summary.update({f"gap/lost_{k}": result[f"lost_{k}"] for k in kinds if k not in _REFERENCES})
-  writer.write_scalars(step, {**summary, "gap/sensitivity": result["sensitivity"]})
-  writer.write_images(step, {"gap/plot": image[None]})
-  writer.flush()
-  writer.close()
-  return png
-
-
-def run(config, workdir: str, *, outdir: str | None = None, num_images: int | None = None,
-        noise_draws: int = 16, num_rollouts: int = 2, seed: int = 0, use_ema: bool = True,
-        kinds=DEFAULT_KINDS, batch_size: int = 100, num_steps: int | None = None,
-        couple_t0: float = 0.0) -> tuple[dict, str]:
-  """Restores the run in workdir, measures its gap on held-out images and writes the outputs."""
-  from pra_jax import sample, sharding
-
-  model, step = sample.restore_model(config, workdir, use_ema=use_ema)
-  images, labels = held_out(config, num_images)
-  with sharding.use_mesh(sharding.make_mesh(config.sharding.mesh)):
-    result = measure(model, images, labels, jax.random.key(seed), config, num_steps=num_steps,
-                     couple_t0=couple_t0, noise_draws=noise_draws, num_rollouts=num_rollouts,
-                     batch_size=batch_size, kinds=kinds, step=step)
-  png = write(result, outdir or os.path.join(workdir, "gap"), step,
-              title=f"{os.path.basename(os.path.normpath(workdir))} step {step}")
-  return result, png
-
-
-# ----------------------------------------------------------------------------- CLI
-
-def _define_flags():
-  """CLI flags, defined only when this module runs as the program (pra_jax.ablate imports it)."""
-  return {
-      "config": config_flags.DEFINE_config_file("config", None, "Config file of the trained run."),
-      "workdir": flags.DEFINE_string("workdir", None, "Run directory with checkpoints."),
-      "outdir": flags.DEFINE_string("outdir", None, "Where the PNG, JSON and events go "
-                                    "(default WORKDIR/gap)."),
-      "num_images": flags.DEFINE_integer("num_images", None, "About this many held-out images, "
-                                         "the same number per class (default: all)."),
-      "noise_draws": flags.DEFINE_integer("noise_draws", 16, "Flow-loss (t, eps) draws per "
-                                          "position, rounded up to a multiple of head.num_draws."),
-      "num_rollouts": flags.DEFINE_integer("num_rollouts", 2, "Sampled-input draws per image."),
-      "kinds": flags.DEFINE_list("kinds", list(DEFAULT_KINDS), f"Input kinds, from {KINDS} "
-                                 "(teacher and other are always measured)."),
-      "seed": flags.DEFINE_integer("seed", 0, "Key of every draw."),
-      "steps": flags.DEFINE_integer("steps", None, "Head ODE steps of the sampled kinds "
-                                    "(default config.sample.num_steps)."),
-      "couple_t0": flags.DEFINE_float("couple_t0", 0.0, "rollout.couple_t0 of the sampled kinds: "
-                                      "0 = what inference feeds the model."),
-      "raw_weights": flags.DEFINE_bool("raw_weights", False, "Measure the raw weights, not the "
-                                       "EMA."),
-  }
-
-
-_FLAGS = {}
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file of the trained run.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory with checkpoints.")
+_OUTDIR = flags.DEFINE_string("outdir", None,
+                              "Where the PNG, JSON and events go (default WORKDIR/gap).")
+_NUM_IMAGES = flags.DEFINE_integer("num_images", None, "About this many held-out images, the "
+                                   "same number per class (default: all).")
+_NOISE_DRAWS = flags.DEFINE_integer("noise_draws", 16, "Flow-loss (t, eps) draws per position, "
+                                    "rounded up to a multiple of head.num_draws.")
+_NUM_ROLLOUTS = flags.DEFINE_integer("num_rollouts", 2, "Sampled-input draws per image.")
+_KINDS = flags.DEFINE_list("kinds", list(gap.DEFAULT_KINDS), f"Input kinds, from {gap.KINDS} "
+                           "(teacher and other are always measured).")
+_SEED = flags.DEFINE_integer("seed", 0, "Key of every draw.")
+_STEPS = flags.DEFINE_integer("steps", None, "Head ODE steps of the sampled kinds "
+                              "(default config.sample.num_steps).")
+_COUPLE_T0 = flags.DEFINE_float("couple_t0", 0.0, "rollout.couple_t0 of the sampled kinds: "
+                                "0 = what inference feeds the model.")
+_RAW_WEIGHTS = flags.DEFINE_bool("raw_weights", False, "Measure the raw weights, not the EMA.")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  f = {k: v.value for k, v in _FLAGS.items()}
-  if f["config"] is None or f["workdir"] is None:
+  if _CONFIG.value is None or _WORKDIR.value is None:
     raise app.UsageError("--config and --workdir are required")
-  unknown = set(f["kinds"]) - set(KINDS)
+  unknown = set(_KINDS.value) - set(gap.KINDS)
   if unknown:
-    raise app.UsageError(f"--kinds must be among {KINDS}, got {sorted(unknown)}")
-  result, png = run(f["config"], f["workdir"], outdir=f["outdir"], num_images=f["num_images"],
-                    noise_draws=f["noise_draws"], num_rollouts=f["num_rollouts"], seed=f["seed"],
-                    use_ema=not f["raw_weights"], kinds=tuple(f["kinds"]), num_steps=f["steps"],
-                    couple_t0=f["couple_t0"])
-  kinds = [k for k in KINDS if k in result]
-  print(summary_line(result))
+    raise app.UsageError(f"--kinds must be among {gap.KINDS}, got {sorted(unknown)}")
+  result, png = gap.run(_CONFIG.value, _WORKDIR.value, outdir=_OUTDIR.value,
+                        num_images=_NUM_IMAGES.value, noise_draws=_NOISE_DRAWS.value,
+                        num_rollouts=_NUM_ROLLOUTS.value, seed=_SEED.value,
+                        use_ema=not _RAW_WEIGHTS.value, kinds=tuple(_KINDS.value),
+                        num_steps=_STEPS.value, couple_t0=_COUPLE_T0.value)
+  kinds = [k for k in gap.KINDS if k in result]
+  print(gap.summary_line(result))
   print("position    " + " ".join(f"{p:>6d}" for p in result["position"]))
   for k in kinds:
     print(f"{k:>11} " + " ".join(f"{v:6.3f}" for v in result[k]))
@@ -376,5 +50,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  _FLAGS.update(_define_flags())
   app.run(main)

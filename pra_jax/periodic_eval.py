@@ -10,7 +10,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from pra_jax import sample, sampler
+from pra_jax import sampler
 
 
 def balanced_labels(num_images: int, num_classes: int) -> np.ndarray:
@@ -23,9 +23,9 @@ def evaluate_samples(images: np.ndarray, labels: np.ndarray, config, cache_dir: 
     from pra_jax.metrics import digits
     return digits.evaluate_digits(images, labels, cache_dir)
   if config.eval.inception_path and config.eval.ref_path:
-    from pra_jax import evaluate
-    return evaluate.evaluate_inception(images, labels, config.eval.ref_path,
-                                       config.eval.inception_path, config.eval.batch_size)
+    from pra_jax.metrics import scoring
+    return scoring.evaluate_inception(images, labels, config.eval.ref_path,
+                                      config.eval.inception_path, config.eval.batch_size)
   logging.warning("train.eval_every is set but config.eval.inception_path / ref_path are not: "
                   "no periodic evaluation.")
   return {}
@@ -34,8 +34,8 @@ def evaluate_samples(images: np.ndarray, labels: np.ndarray, config, cache_dir: 
 def evaluate_model(model, config, workdir: str, step: int, writer=None, check_stop=None) -> dict:
   labels = balanced_labels(config.eval.num_images, config.data.num_classes)
   settings = sampler.SampleSettings.from_config(config.sample)
-  images = sample.generate_many(model, labels, jax.random.key(config.seed + 2), settings,
-                                min(config.sample.batch_size, len(labels)), check_stop)
+  images = sampler.generate_many(model, labels, jax.random.key(config.seed + 2), settings,
+                                 min(config.sample.batch_size, len(labels)), check_stop)
   metrics = evaluate_samples(images, labels, config, os.path.join(workdir, "eval_cache"))
   metrics = {f"eval/{k}": float(v) for k, v in metrics.items() if not isinstance(v, str)}
   if writer is not None and metrics:

@@ -10,11 +10,10 @@ import time
 
 import jax
 import numpy as np
-from absl import logging
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from pra_jax import checkpoint, sampler, sharding
+from pra_jax import sampler, sharding
 
 BATCH_AXES = ("data", "fsdp")
 
@@ -23,35 +22,6 @@ def sampling_mesh(devices=None) -> jax.sharding.Mesh:
   """Every device of every process on the batch axes, the model replicated: sampling needs no
   communication at all (PRA-L's 511M float32 parameters take 2 GB per device)."""
   return sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1}, devices)
-
-
-def restore_weights(config, workdir: str, step: int, mesh, use_ema: bool = True):
-  """The EMA (or raw) model of checkpoint `step`, replicated on every device of `mesh`.
-
-  Reads only those weights (Orbax partial restore): not the optimizer state, not the other copy
-  of the model, and never the training mesh's layout, which sampling does not use.
-  """
-  import orbax.checkpoint as ocp
-
-  from pra_jax.models import pra
-
-  graphdef, abstract = nnx.split(pra.abstract_model(config, mesh))
-  placed = sharding.replicated(mesh)
-  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=placed),
-                        abstract)
-  part = "ema" if use_ema else "model"
-  ckpt = checkpoint.Checkpointer(workdir, config.checkpoint, read_only=True)
-  args = ocp.args.Composite(state=ocp.args.PyTreeRestore(
-      item={part: target}, partial_restore=True,
-      restore_args={part: jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=placed), target)}))
-  try:
-    restored = ckpt.manager.restore(step, args=args)
-  except Exception as e:  # pylint: disable=broad-except
-    raise ValueError(f"checkpoint {ckpt.directory}/{step} does not restore into this config's "
-                     f"model ({type(e).__name__}: {str(e).splitlines()[0][:300]})") from e
-  logging.info("Restored the %s weights of step %d from %s.", "EMA" if use_ema else "raw", step,
-               ckpt.directory)
-  return nnx.merge(graphdef, restored["state"][part])
 
 
 class DataParallelGenerator:

@@ -132,3 +132,20 @@ def generate(model, labels, key, settings: SampleSettings) -> jax.Array:
   """uint8 images [B, H, W, C] for the requested classes (compiled once per batch shape)."""
   labels = check_labels(labels, model.num_classes)
   return _generate(model, jnp.asarray(labels), key, settings)
+
+
+def generate_many(model, labels: np.ndarray, key, settings, batch_size: int,
+                  check_stop=None) -> np.ndarray:
+  """uint8 images for any number of labels, in fixed-size batches (one compile). Image k draws
+  from rng.example_keys(key, ..., first_index=k): the batch size does not change it.
+  `check_stop()`, if given, runs before every batch (it raises to abandon the work)."""
+  out = []
+  for start in range(0, len(labels), batch_size):
+    if check_stop is not None:
+      check_stop()
+    chunk = labels[start:start + batch_size]
+    padded = np.pad(chunk, (0, batch_size - len(chunk)), mode="edge")
+    keys = rng.example_keys(key, batch_size, first_index=start)
+    images = generate(model, padded, keys, settings)
+    out.append(np.asarray(jax.device_get(images))[:len(chunk)])
+  return np.concatenate(out)

@@ -5,7 +5,6 @@ initialisation from config.seed. Every random draw is keyed by (seed, update cou
 so a resumed run draws exactly what the uninterrupted one would have.
 """
 
-import functools
 import os
 import re
 import signal
@@ -15,107 +14,13 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from absl import logging
 from clu import metric_writers, periodic_actions
 from flax import nnx
 
-from pra_jax import (checkpoint, config_check, data, loss, optim, periodic_eval, profiling, rng,
-                     sample, sharding)
+from pra_jax import (checkpoint, config_check, data, grids, periodic_eval, profiling, run_state,
+                     sharding)
 from pra_jax.models import pra
-
-
-class TrainBundle(nnx.Module):
-  """Everything a step updates: the model, its EMA and the optimizer state."""
-
-  def __init__(self, config):
-    self.model = pra.PRA(config, rngs=nnx.Rngs(config.seed))
-    self.ema = nnx.clone(self.model)
-    self.optimizer = nnx.Optimizer(self.model, optim.make_optimizer(config.train), wrt=nnx.Param)
-
-
-def create_bundle(config, mesh) -> TrainBundle:
-  """Model, EMA and optimizer with every array born sharded on `mesh`."""
-  with sharding.use_mesh(mesh):
-    return nnx.jit(lambda: TrainBundle(config))()
-
-
-def accumulate_gradients(loss_fn, model, batch, num_micro: int):
-  """(metrics, gradient) of `loss_fn` over `batch`, in `num_micro` microbatches under one scan.
-
-  loss_fn(model, *microbatch) -> (mean loss, dict of scalar means). The gradient and metrics
-  are the means over the microbatches, which, equal in size, give the full batch's means; only
-  one microbatch's activations are alive at a time. Microbatch j holds examples j, j + num_micro,
-  j + 2 num_micro, ...: every device's contiguous shard of the batch splits in place into its
-  shard of each microbatch, so nothing moves between devices (a contiguous split would put each
-  microbatch on 1 / num_micro of them).
-  """
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  # A pure function of the parameters: nnx transforms refuse a model from outside the scan.
-  grad_fn = jax.value_and_grad(
-      lambda p, *mb: loss_fn(nnx.merge(graphdef, p, rest), *mb), has_aux=True)
-  if num_micro == 1:
-    (_, metrics), grads = grad_fn(params, *batch)
-    return metrics, grads
-  size = batch[0].shape[0]
-  if size % num_micro:
-    raise ValueError(f"a batch of {size} does not split into {num_micro} microbatches")
-  to_micro = lambda a: jnp.swapaxes(a.reshape(size // num_micro, num_micro, *a.shape[1:]), 0, 1)
-
-  def body(grad_sum, microbatch):
-    (_, metrics), grads = grad_fn(params, *microbatch)
-    return jax.tree.map(jnp.add, grad_sum, grads), metrics
-
-  grad_sum, metrics_J = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, params),
-                                     tuple(to_micro(a) for a in batch))
-  return ({k: v.mean() for k, v in metrics_J.items()},
-          jax.tree.map(lambda g: g / num_micro, grad_sum))
-
-
-def train_step(graphdef, state, images, labels, *, config):
-  """One update. Returns (new state, flat dict of scalar metrics).
-
-  One step counter drives everything: the optimizer's count of applied updates keys the rng,
-  the sigma schedule, the learning rate and the EMA warm-up. A step whose loss or gradient is
-  not finite changes nothing (the update and the count are masked out), so the state is always
-  safe to checkpoint and a skipped batch leaves no trace; the host decides whether to go on.
-  """
-  # Kept as plain arrays: merge hands the state's variables to the bundle, which updates them.
-  old_leaves = jax.tree.leaves(state)
-  bundle = nnx.merge(graphdef, state)
-  step = bundle.optimizer.step[...]
-  keys_B = rng.example_keys(jax.random.fold_in(jax.random.key(config.seed), step),
-                            images.shape[0])
-
-  def loss_fn(model, images, labels, keys):
-    terms, _ = loss.forward_train(model, images, labels, keys, step, config)
-    return terms["total"].mean(), {k: v.mean() for k, v in terms.items()}
-
-  # Each example keeps its key in whichever microbatch it lands: the draws are the full batch's.
-  terms, grads = accumulate_gradients(loss_fn, bundle.model, (images, labels, keys_B),
-                                      config.train.grad_accum_steps)
-  grad_norm = optax.global_norm(grads)
-  bundle.optimizer.update(bundle.model, grads)
-  params = nnx.state(bundle.model, nnx.Param)
-  decay = optim.ema_decay_at(config.train.ema_decay, step)
-  nnx.update(bundle.ema, optim.ema_update(nnx.state(bundle.ema, nnx.Param), params, decay))
-
-  # The updated weights are checked too: a finite gradient can still overflow them.
-  param_norm = optax.global_norm(params)
-  finite = jnp.isfinite(grad_norm) & jnp.isfinite(param_norm)
-  for v in terms.values():
-    finite &= jnp.isfinite(v)
-  new_leaves, treedef = jax.tree.flatten(nnx.state(bundle))
-  new_state = jax.tree.unflatten(
-      treedef, [jnp.where(finite, n, o) for n, o in zip(new_leaves, old_leaves)])
-  metrics = {f"train/{k}": v for k, v in terms.items()}
-  metrics.update({
-      "train/grad_norm": grad_norm,
-      "train/param_norm": param_norm,
-      "train/lr": optim.learning_rate_schedule(config.train)(step),
-      "train/finite": finite.astype(jnp.float32),
-  })
-  return new_state, metrics
 
 
 PARAMS_FILE = "params.txt"
@@ -343,14 +248,13 @@ def _train(config, workdir, overwrite, preemption) -> dict:
         process_index=jax.process_index(), process_count=jax.process_count())
 
   # -- model, EMA, optimizer (born sharded) ---------------------------------------------
-  bundle = create_bundle(config, mesh)
+  bundle = run_state.create_bundle(config, mesh)
   logging.info("Parameters: %s", pra.count_params(bundle.model))
   graphdef, state = nnx.split(bundle)
   del bundle
   param_table = [f"{jax.tree_util.keystr(path)} {tuple(leaf.shape)} {leaf.dtype} {leaf.sharding.spec}"
                  for path, leaf in jax.tree_util.tree_leaves_with_path(
                      nnx.state(nnx.merge(graphdef, state).model))]
-  state_sharding = jax.tree.map(lambda a: a.sharding, state)
 
   # -- restore ---------------------------------------------------------------------------
   ckpt = checkpoint.Checkpointer(workdir, config.checkpoint)
@@ -374,8 +278,7 @@ def _train(config, workdir, overwrite, preemption) -> dict:
   ckpt.clean_torn_saves()
 
   # -- step function ---------------------------------------------------------------------
-  step_fn = jax.jit(functools.partial(train_step, graphdef, config=config), donate_argnums=0,
-                    out_shardings=(state_sharding, None))
+  step_fn = run_state.jit_train_step(graphdef, state, config)
 
   # -- loop ------------------------------------------------------------------------------
   writer = _make_writer(workdir)
@@ -438,13 +341,12 @@ def _train(config, workdir, overwrite, preemption) -> dict:
             lambda agreed=vote(preemption.requested): agreed)
         if not stop() and config.train.sample_every and (
             step % config.train.sample_every == 0 or step == num_steps):
-          abortable(lambda: sample.write_grid(nnx.merge(graphdef, state), config, workdir, step,
-                                              writer, check_stop=preemption.check_abort),
+          abortable(lambda: grids.write_grid(nnx.merge(graphdef, state), config, workdir, step,
+                                             writer, check_stop=preemption.check_abort),
                     "sample grid", step)
         if not stop() and config.train.eval_every and (
             step % config.train.eval_every == 0 or step == num_steps):
-          bundle = nnx.merge(graphdef, state)
-          model = bundle.ema if config.sample.use_ema else bundle.model
+          model = run_state.weights(nnx.merge(graphdef, state), config.sample.use_ema)
           last_eval = abortable(lambda: periodic_eval.evaluate_model(
               model, config, workdir, step, writer, check_stop=preemption.check_abort),
               "periodic eval", step) or last_eval

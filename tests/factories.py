@@ -13,7 +13,7 @@ import numpy as np
 from flax import nnx
 
 from configs import tiny
-from pra_jax import data, loss, sampler, sharding
+from pra_jax import data, loss, run_state, sampler, sharding
 from pra_jax.models import pra
 
 # At these sizes XLA's compile time dominates every test and its optimisation passes buy nothing:
@@ -23,6 +23,13 @@ FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 def jit(fn, **kwargs):
   return jax.jit(fn, compiler_options=FAST_COMPILE, **kwargs)
+
+
+def train_step_fn(graphdef, state, config, *, donate: bool = False):
+  """The production train step (run_state.jit_train_step) at the tests' compile level; the
+  state is kept unless `donate` (tests compare it before and after)."""
+  return run_state.jit_train_step(graphdef, state, config, donate=donate,
+                                  compiler_options=FAST_COMPILE)
 
 
 def tiny_config(**overrides):

@@ -1,7 +1,6 @@
 """train.grad_accum_steps: a batch of 8 as 2 microbatches of 4 trains, through the production
-train.train_step, to the parameters and metrics of one batch of 8; bad values fail clearly."""
+run_state.train_step, to the parameters and metrics of one batch of 8; bad values fail clearly."""
 
-import functools
 
 import jax
 import numpy as np
@@ -9,12 +8,12 @@ import pytest
 from flax import nnx
 
 import factories as F
-from pra_jax import config_check, loss, sharding, train
+from pra_jax import config_check, loss, run_state, sharding
 
 
 def _three_steps(graphdef, state, accum, images, labels):
   config = F.tiny_config(**{"train.grad_accum_steps": accum})
-  step_fn = F.jit(functools.partial(train.train_step, graphdef, config=config))
+  step_fn = F.train_step_fn(graphdef, state, config)
   history = []
   for _ in range(3):
     state, metrics = step_fn(state, images, labels)
@@ -32,7 +31,7 @@ def test_two_microbatches_of_four_equal_one_batch_of_eight(monkeypatch):
 
   monkeypatch.setattr(loss, "forward_train", recording_forward)
   config = F.tiny_config()
-  graphdef, state = nnx.split(train.create_bundle(config, sharding.single_device_mesh()))
+  graphdef, state = nnx.split(run_state.create_bundle(config, sharding.single_device_mesh()))
   images, labels = F.digits_batch(8)
   whole, whole_metrics = _three_steps(graphdef, state, 1, images, labels)
   assert forward_sizes == [8]

@@ -57,7 +57,6 @@ def test_sampler_flops_and_the_projection_are_counted_not_typed():
   sys.path.insert(0, os.path.join(REPO, "benchmarks"))
   try:
     import _flops
-    import project_sampling
   finally:
     sys.path.remove(os.path.join(REPO, "benchmarks"))
   from configs import pra_l
@@ -73,9 +72,9 @@ def test_sampler_flops_and_the_projection_are_counted_not_typed():
   assert _flops.sample_flops(config, num_steps=10)["head"] == pytest.approx(f["head"] / 5)
   assert _flops.sample_flops(config, solver="heun")["head"] == pytest.approx(2 * f["head"])
   assert _flops.sample_flops(config, cfg=1.0)["head"] == pytest.approx(f["head"] / 2)
-  flops, rows = project_sampling.projection(config, 0.4, 50_000)
+  flops, rows = _flops.projection(config, 0.4, 50_000)
   for name, chips, peak, seconds in rows:
     assert seconds == pytest.approx(50_000 * flops["total"] / (chips * peak * 0.4))
   assert [r[:2] for r in rows] == [("8x H100 SXM", 8), ("TPU v5p-64 (32 chips)", 32)]
   with pytest.raises(ValueError, match=r"utilisation must be in \(0, 1\], got 1.5"):
-    project_sampling.projection(config, 1.5, 50_000)
+    _flops.projection(config, 1.5, 50_000)

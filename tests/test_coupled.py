@@ -6,7 +6,6 @@ Uncoupled (rollout.couple_t0 = 0) both modes score about 1.01 here: a free sampl
 nothing of x_j, so the target is not predictable from the inputs and the prefix is ignored.
 """
 
-import functools
 
 import jax
 import numpy as np
@@ -14,7 +13,8 @@ import pytest
 from flax import nnx
 
 import factories as F
-from pra_jax import data, gap, sharding, train
+from pra_jax import data, run_state, sharding
+from pra_jax.studies import gap
 
 STEPS, BATCH = 100, 32   # Measured: coupled 1.10, uncoupled 1.01 (teacher 1.69, pra 1.16).
 TRAINING = {"train.batch_size": BATCH, "train.num_steps": STEPS, "train.lr": 3e-3,
@@ -23,9 +23,9 @@ TRAINING = {"train.batch_size": BATCH, "train.num_steps": STEPS, "train.lr": 3e-
 
 def train_tiny(config):
   """STEPS production train steps on random batches of the digits train split; the raw model."""
-  bundle = train.create_bundle(config, sharding.single_device_mesh())
+  bundle = run_state.create_bundle(config, sharding.single_device_mesh())
   graphdef, state = nnx.split(bundle)
-  step = F.jit(functools.partial(train.train_step, graphdef, config=config), donate_argnums=0)
+  step = F.train_step_fn(graphdef, state, config, donate=True)
   images, labels = data.load_digits_split("train", config.data.image_size)
   order = np.random.default_rng(0)
   for _ in range(STEPS):

@@ -19,8 +19,8 @@ from absl import flags
 from absl.testing import flagsaver
 from PIL import Image
 
-from pra_jax import evaluate
-from pra_jax.metrics import fid, inception
+from pra_jax import evaluate  # The CLI: its main runs in-process below.
+from pra_jax.metrics import fid, inception, scoring
 
 BATCH = 4  # As in test_inception.py, so the network compiles once per session.
 
@@ -280,7 +280,7 @@ def test_inception_runs_data_parallel_over_fake_devices():
 import jax, jax.numpy as jnp, numpy as np
 from absl import logging
 from flax import nnx
-from pra_jax.metrics import fid, inception
+from pra_jax.metrics import fid, inception, scoring
 logging.set_verbosity(logging.INFO)
 
 class Stand(nnx.Module):
@@ -341,7 +341,7 @@ def test_bad_samples_name_the_file(tmp_path, arrays, match):
   path = tmp_path / "bad_samples.npz"
   np.savez(path, **arrays)
   with pytest.raises(ValueError, match=r"bad_samples\.npz.*" + match):
-    evaluate.load_samples(str(path))
+    scoring.load_samples(str(path))
 
 
 # ----------------------------------------------------------------------------- reference batches
@@ -374,7 +374,7 @@ def test_reference_with_only_images_gets_its_statistics_computed(tmp_path, model
   ref_images, samples = _smooth_images(BATCH * 2, seed=21), _smooth_images(BATCH + 1, seed=22)
   only_images = tmp_path / "ref_images_only.npz"
   np.savez(only_images, arr_0=ref_images)
-  got = evaluate.evaluate_inception(samples, None, str(only_images), str(weights), BATCH,
+  got = scoring.evaluate_inception(samples, None, str(only_images), str(weights), BATCH,
                                     is_split_size=2)
   # The same numbers from the reference's own activations, as ADM's evaluator computes them.
   ref_pool, ref_spatial, _ = fid.run_inception(ref_images, model, BATCH)
@@ -392,9 +392,7 @@ def test_reference_with_only_images_gets_its_statistics_computed(tmp_path, model
 # ----------------------------------------------------------------------------- the CLIs
 
 def _evaluate_flags():
-  if not evaluate._FLAGS:  # The CLI defines its flags only when run as the program.
-    evaluate._FLAGS.update(evaluate._define_flags())
-  flags.FLAGS.mark_as_parsed()
+  flags.FLAGS.mark_as_parsed()  # flagsaver sets the CLI's flags; nothing parses argv here.
 
 
 def test_reference_and_evaluate_clis_end_to_end(tmp_path, model, capsys):

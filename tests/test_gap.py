@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 import factories as F
-from pra_jax import gap, rollout
+from pra_jax import rollout
+from pra_jax.studies import gap
 
 
 def test_every_image_gets_another_image_of_its_class():

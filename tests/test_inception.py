@@ -74,7 +74,7 @@ def _torch_forward(net, x_BHWC: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.
 
 def test_network_and_pipeline_match_pytorch_fid(tmp_path, monkeypatch):
   import tensorflow as tf
-  from pra_jax.tools import convert_inception
+  from pra_jax.metrics import inception_convert as convert_inception
 
   net = _fid_torch_inception(monkeypatch)
   images = _digit_images(BATCH, 37)  # Not 299: the full pipeline has to resize.
@@ -159,7 +159,7 @@ def test_weights_missing_an_array_are_rejected(tmp_path):
 
 
 def test_converter_rejects_unknown_parameters():
-  from pra_jax.tools import convert_inception
+  from pra_jax.metrics import inception_convert as convert_inception
 
   with pytest.raises(ValueError, match="unexpected parameter 'head.weight'"):
     convert_inception.convert_state_dict({"head.weight": np.zeros((3, 3))})

@@ -16,7 +16,6 @@ from flax import nnx
 import factories as F
 from pra_jax import loss, patches
 from pra_jax.models import pra
-from pra_jax.tools import params as params_tool
 
 
 # -- patches ------------------------------------------------------------------------------------
@@ -172,7 +171,7 @@ def test_paper_sizes_count_within_3_percent(name):
       "tfds", "imagenet2012", 256, 3, 1000)
   assert (m.patch_size, m.state.dim, m.direct_pixel) == (16, 16, False)
   assert m.backbone.scan_layers and m.backbone.dtype == m.head.dtype == "bfloat16"
-  table = params_tool.param_table(config)
+  table = pra.param_table(config)
   assert f"{counts['total']:,}" in table and f"{counts['backbone']:,}" in table
 
 

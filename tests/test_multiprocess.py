@@ -4,7 +4,7 @@ exactly like one process on the same global batch, and checkpoint and resume tog
 "Same global batch": each of the two processes reads its own half of the data (strided shard,
 its own shuffle), and the global batch of a step is process 0's local batch followed by process
 1's. The one-process reference builds exactly that: both shards' iterators, concatenated, fed
-to train.train_step on one device. The schedule is constant so that a run stopped at step 4
+to run_state.train_step on one device. The schedule is constant so that a run stopped at step 4
 and resumed to 6 must agree step by step with the reference's uninterrupted 6.
 """
 
@@ -23,19 +23,18 @@ OVERRIDES = ("--config.train.lr_schedule=constant", "--config.train.log_every=1"
              "--config.checkpoint.every=2")
 
 _REFERENCE = textwrap.dedent("""
-    import functools, json, sys
+    import json, sys
     import jax, jax.numpy as jnp, numpy as np
     from flax import nnx
     from configs import tiny
-    from pra_jax import data, sharding, train
+    from pra_jax import data, run_state, sharding
 
     config = tiny.get_config()
     config.train.lr_schedule = "constant"
     num_steps, num_processes = int(sys.argv[1]), int(sys.argv[2])
     mesh = sharding.single_device_mesh()
-    graphdef, state = nnx.split(train.create_bundle(config, mesh))
-    step_fn = jax.jit(functools.partial(train.train_step, graphdef, config=config),
-                      donate_argnums=0)
+    graphdef, state = nnx.split(run_state.create_bundle(config, mesh))
+    step_fn = run_state.jit_train_step(graphdef, state, config)
     shards = [data.make_train_iterator(
         config.data, local_batch_size=config.train.batch_size // num_processes,
         seed=config.seed, process_index=i, process_count=num_processes)

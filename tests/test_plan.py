@@ -10,7 +10,8 @@ import textwrap
 import pytest
 
 from configs import tiny
-from pra_jax.tools import plan
+from pra_jax import memory_plan as plan
+from pra_jax.tools import fake_devices
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -19,7 +20,7 @@ _API = textwrap.dedent("""
     import json, os
     os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=2"
     from configs import tiny
-    from pra_jax.tools import plan
+    from pra_jax import memory_plan as plan
     config = tiny.get_config()
     results = [plan.plan(config, 2, {"data": 2})]
     config.train.grad_accum_steps = 4  # One example per device at a time.
@@ -102,5 +103,5 @@ def test_helpers():
   assert plan.parse_mesh("data=8,fsdp=8") == {"data": 8, "fsdp": 8, "tensor": 1}
   with pytest.raises(ValueError, match="axis=size"):
     plan.parse_mesh("model=2")
-  flags = plan.fake_device_flags(64, "--xla_force_host_platform_device_count=8 --foo")
+  flags = fake_devices.xla_flags(64, "--xla_force_host_platform_device_count=8 --foo")
   assert flags == "--foo --xla_force_host_platform_device_count=64"

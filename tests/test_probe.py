@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from pra_jax import probe
+from pra_jax.studies import probe
 from pra_jax.models import pra
 
 

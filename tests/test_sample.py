@@ -22,7 +22,7 @@ import pytest
 
 import factories as F
 from configs import tiny
-from pra_jax import rng, sample, sample_parallel, sample_store, sampler, train
+from pra_jax import rng, sample_job, sample_parallel, sample_store, sampler, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(REPO, "launch", "local_multiprocess.sh")
@@ -135,7 +135,7 @@ def test_killed_then_preempted_run_resumes_to_the_same_bytes(workdir, runs, tmp_
   rc, log, before, stopped_at = run_until(str(tmp_path / "2.log"), 1, signal.SIGTERM)
   assert before == killed_at
   assert f"{killed_at} of {count} chunks of 4 already done" in log, log[-3000:]
-  assert rc == sample.EXIT_PREEMPTED and "Preempted:" in log, log[-3000:]
+  assert rc == sample_job.EXIT_PREEMPTED and "Preempted:" in log, log[-3000:]
   assert not os.path.exists(out)
 
   log = _finish(_start(workdir, out, str(tmp_path / "3.log"), *flags), str(tmp_path / "3.log"))
@@ -150,20 +150,20 @@ def test_other_settings_in_the_same_chunk_folder_are_refused(workdir, runs):
   out = runs["ref"]
   kwargs = dict(num_images=NUM_IMAGES, steps=2)
   with pytest.raises(sample_store.SettingsMismatch, match=r"seed: 0 there, 1 now") as e:
-    sample.sample_to_npz(config, workdir, out, seed=1, cfg=3.0, **kwargs)
+    sample_job.sample_to_npz(config, workdir, out, seed=1, cfg=3.0, **kwargs)
   assert "sampler.cfg: 2.0 there, 3.0 now" in str(e.value)
   with pytest.raises(sample_store.SettingsMismatch, match=r"sampler.num_steps: 2 there, 4 now"):
-    sample.sample_to_npz(config, workdir, out, num_images=NUM_IMAGES)
+    sample_job.sample_to_npz(config, workdir, out, num_images=NUM_IMAGES)
   with pytest.raises(sample_store.SettingsMismatch, match="weights: \"ema\" there, \"raw\" now"):
-    sample.sample_to_npz(config, workdir, out, use_ema=False, **kwargs)
+    sample_job.sample_to_npz(config, workdir, out, use_ema=False, **kwargs)
   with pytest.raises(ValueError, match=r"--checkpoint_step=1: .* holds steps \[2\]"):
-    sample.sample_to_npz(config, workdir, out, checkpoint_step=1, **kwargs)
+    sample_job.sample_to_npz(config, workdir, out, checkpoint_step=1, **kwargs)
   with pytest.raises(ValueError, match="must name a .npz file"):
-    sample.sample_to_npz(config, workdir, out[:-4] + ".png", **kwargs)
+    sample_job.sample_to_npz(config, workdir, out[:-4] + ".png", **kwargs)
   with pytest.raises(ValueError, match="is a URL"):
-    sample.sample_to_npz(config, workdir, "gs://bucket/s.npz", **kwargs)
+    sample_job.sample_to_npz(config, workdir, "gs://bucket/s.npz", **kwargs)
   with pytest.raises(ValueError, match="--chunk_size must be a positive integer, got 0"):
-    sample.sample_to_npz(config, workdir, out, chunk_size=0, **kwargs)
+    sample_job.sample_to_npz(config, workdir, out, chunk_size=0, **kwargs)
   manifest = json.loads(_read(os.path.join(out[:-4] + "_chunks", sample_store.MANIFEST)))
   assert manifest["seed"] == 0 and manifest["checkpoint.step"] == 2
 
@@ -178,7 +178,7 @@ def test_image_k_is_keyed_by_seed_and_k_alone():
                                                     settings, seed, 8)
   index, images = generator.local_rows(generator.dispatch(np.arange(8), labels), np.arange(8))
   np.testing.assert_array_equal(index, np.arange(8))
-  by_four = sample.generate_many(model, labels, jax.random.key(seed), settings, batch_size=4)
+  by_four = sampler.generate_many(model, labels, jax.random.key(seed), settings, batch_size=4)
   np.testing.assert_array_equal(by_four, images)
   middle = sampler.generate(model, labels[3:7], rng.example_keys(jax.random.key(seed), 4, 3),
                             settings)

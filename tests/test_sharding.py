@@ -16,16 +16,16 @@ _SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
     from flax import nnx
     from configs import tiny
-    from pra_jax import checkpoint, data, sharding, train
+    from pra_jax import checkpoint, data, run_state, sharding
 
     config = tiny.get_config()
     images, labels = data.load_digits_split("train", 16)
     batch = {"image": images[:8], "label": labels[:8]}
 
     def one_step(mesh):
-      bundle = train.create_bundle(config, mesh)
+      bundle = run_state.create_bundle(config, mesh)
       graphdef, state = nnx.split(bundle)
-      step_fn = jax.jit(functools.partial(train.train_step, graphdef, config=config))
+      step_fn = run_state.jit_train_step(graphdef, state, config, donate=False)
       with sharding.use_mesh(mesh):
         g = sharding.global_batch(batch, mesh)
         state, metrics = step_fn(state, g["image"], g["label"])
@@ -47,7 +47,7 @@ _SCRIPT = textwrap.dedent("""
     restored = {}
     for name, mesh in (("four", sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 1},
                                                    jax.devices()[:4])), ("one", single)):
-      target = nnx.split(train.create_bundle(config, mesh))[1]
+      target = nnx.split(run_state.create_bundle(config, mesh))[1]
       got = ckpt.restore(1, target)
       leaves = jax.tree.leaves(jax.device_get(got["model"]))
       restored[name] = {

@@ -39,8 +39,9 @@ def read_scalars(workdir: str, tag: str) -> dict[int, float]:
 def final_params(workdir: str, config) -> list[np.ndarray]:
   """The model parameters of workdir's newest checkpoint, as numpy arrays."""
   from flax import nnx
-  from pra_jax import sharding
-  _, state = nnx.split(train.create_bundle(config, sharding.single_device_mesh()))
+  from pra_jax import run_state, sharding
+  mesh = sharding.single_device_mesh()
+  _, state = nnx.split(run_state.create_bundle(config, mesh))
   restored, _ = checkpoint.Checkpointer(workdir, config.checkpoint, read_only=True).restore_latest(state)
   return [np.asarray(x) for x in jax.tree.leaves(restored["model"])]
 
@@ -258,5 +259,5 @@ def test_nothing_is_loaded_with_pickle():
     text = open(path).read()
     if re.search(r"allow_pickle\s*=\s*True|import pickle|pickle\.load|torch\.load\(", text):
       offenders.append(os.path.relpath(path, REPO))
-  allowed = {os.path.join("pra_jax", "tools", "convert_inception.py")}  # Converts a user's .pth.
+  allowed = {os.path.join("pra_jax", "metrics", "inception_convert.py")}  # Converts a user's .pth.
   assert set(offenders) <= allowed, offenders

@@ -1,4 +1,4 @@
-"""The production train step (train.train_step, as train_and_evaluate jits it) on `tiny`.
+"""The production train step (run_state.train_step, as train_and_evaluate jits it) on `tiny`.
 
 What the paper configs rely on and the demo alone would not show: the scanned and the unrolled
 layer stacks take the same AdamW updates, weight decay spares norm scales, biases and position
@@ -6,7 +6,6 @@ tables in both, one step counter drives rng, lr and EMA, and a skipped non-finit
 no trace. Plus a golden record of three steps.
 """
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -15,29 +14,29 @@ import pytest
 from flax import nnx
 
 import factories as F
-from pra_jax import optim, sharding, train
+from pra_jax import optim, run_state, sharding
 
 MESH = sharding.single_device_mesh()
 
 
 def _bundle(config):
-  return train.create_bundle(config, MESH)
+  return run_state.create_bundle(config, MESH)
 
 
 _STEP_FNS = {}
 
 
 def _step_fn(config):
-  """(graphdef, jitted train.train_step) per config, shared by the tests that use it."""
+  """(graphdef, jitted run_state.train_step) per config, shared by the tests that use it."""
   key = config.to_json()
   if key not in _STEP_FNS:
-    graphdef = nnx.split(_bundle(config))[0]
-    _STEP_FNS[key] = graphdef, F.jit(functools.partial(train.train_step, graphdef, config=config))
+    graphdef, state = nnx.split(_bundle(config))
+    _STEP_FNS[key] = graphdef, F.train_step_fn(graphdef, state, config)
   return _STEP_FNS[key]
 
 
 def run_steps(config, bundle, batches):
-  """Runs train.train_step over `batches`; returns (final bundle, per-step metrics)."""
+  """Runs run_state.train_step over `batches`; returns (final bundle, per-step metrics)."""
   graphdef, fn = _step_fn(config)
   state = nnx.split(bundle)[1]
   history = []
@@ -148,7 +147,7 @@ def test_a_skipped_nonfinite_batch_leaves_no_trace():
 
 # -- golden record of the production step ----------------------------------------------------------
 
-# Three steps of `tiny` from its real init (train.create_bundle, seed 0) on the first 24 training
+# Three steps of `tiny` from its real init (run_state.create_bundle, seed 0) on the first 24 training
 # digits. Regenerate these only after an intended change to the model, the loss, the optimizer,
 # the initialisation or the way randomness is drawn, naming the change in the commit (print them
 # with `pytest -s -k golden`); never to make a failing test pass without knowing why it failed.

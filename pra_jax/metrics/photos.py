@@ -23,7 +23,7 @@ import optax
 from flax import nnx
 
 from pra_jax.data import PHOTOS_NUM_CLASSES, load_photos_split
-from pra_jax.metrics.digits import _save, cached_classifier, load_params, to_unit_range
+from pra_jax.metrics.digits import cached_classifier, load_params, to_unit_range
 from pra_jax.metrics.fid import feature_statistics, frechet_distance
 
 # Bump whenever the architecture, preprocessing or training recipe changes (part of the file name).

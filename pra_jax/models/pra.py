@@ -110,3 +110,42 @@ def create_model(config, mesh=None) -> PRA:
   mesh = mesh or sharding.single_device_mesh()
   with sharding.use_mesh(mesh):
     return nnx.jit(lambda: PRA(config, rngs=nnx.Rngs(config.seed)))()
+
+
+COMPONENTS = ("encoder", "decoder", "backbone", "head")
+
+
+def _size(tree) -> int:
+  return int(sum(leaf.size for leaf in jax.tree.leaves(tree)))
+
+
+def component_breakdown(model) -> dict[str, dict[str, int]]:
+  """{component: {sub-module: count}}; a component absent from the model (direct_pixel) is {}."""
+  out = {}
+  for name in COMPONENTS:
+    part = getattr(model, name)
+    state = nnx.state(part, nnx.Param) if part is not None else {}
+    out[name] = {key: _size(sub) for key, sub in state.items()}
+  return out
+
+
+def param_table(config) -> str:
+  """A text table of parameters: components, their sub-modules, and the whole model."""
+  model = abstract_model(config)  # Shapes only: nothing is allocated.
+  counts = count_params(model)
+  total = counts["total"]
+  b, h, s = config.model.backbone, config.model.head, config.model.state
+  lines = [
+      f"backbone {b.width} wide x {b.depth} deep ({b.num_heads} heads, mlp x{b.mlp_ratio:g} "
+      f"{b.mlp_type}); head {h.width} wide x {h.depth} blocks; state Z={s.dim}, E/G "
+      f"{s.width} wide x {s.depth} blocks" + (" (unused: direct_pixel)"
+                                               if config.model.direct_pixel else ""),
+      f"{'component':<28}{'params':>16}{'share':>9}",
+  ]
+  for name, subs in component_breakdown(model).items():
+    lines.append(f"{name:<28}{counts[name]:>16,}{counts[name] / total:>9.1%}")
+    for sub, n in subs.items():
+      lines.append(f"  {sub:<26}{n:>16,}")
+  lines.append(f"{'total':<28}{total:>16,}{1:>9.1%}")
+  lines.append(f"total: {total / 1e6:.2f}M parameters, {4 * total / 2**20:,.0f} MiB in float32")
+  return "\n".join(lines)

@@ -6,89 +6,22 @@
 Needs torch (requirements-test.txt) for reading the .pth only; the .npz needs nothing but numpy.
 """
 
-import hashlib
+from absl import app, flags
 
-import numpy as np
-from absl import app, flags, logging
+from pra_jax.metrics import inception_convert
 
-from pra_jax.metrics import inception
-
-# torch parameter name -> ours, by last component; conv and fc weights also change layout.
-_BN_RENAME = {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"}
-
-
-def _convert_one(name: str, arr: np.ndarray) -> tuple[str, np.ndarray]:
-  module, leaf = name.rsplit(".", 1)
-  if module.endswith(".conv") and leaf == "weight":
-    return f"{module}.kernel", arr.transpose(2, 3, 1, 0)  # OIHW -> HWIO
-  if module.endswith(".bn") and leaf in _BN_RENAME:
-    return f"{module}.{_BN_RENAME[leaf]}", arr
-  if module == "fc" and leaf == "weight":
-    return "fc.kernel", arr.T  # [K, D] -> [D, K]
-  if module == "fc" and leaf == "bias":
-    return "fc.bias", arr
-  raise ValueError(f"unexpected parameter {name!r} in the Inception state dict")
-
-
-def convert_state_dict(state_dict) -> dict[str, np.ndarray]:
-  """torch state dict (tensors or arrays) of the FID Inception -> {our name: float32 array}.
-
-  Batch-norm step counters and the auxiliary classifier (absent from pytorch-fid's weights,
-  present in a plain torchvision Inception3) are dropped; anything else unknown is an error.
-  Every array is checked against the shapes InceptionV3 expects.
-  """
-  out = {}
-  for name, value in state_dict.items():
-    if name.endswith("num_batches_tracked") or name.startswith("AuxLogits."):
-      continue
-    arr = value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
-    ours, arr = _convert_one(name, arr)
-    out[ours] = np.ascontiguousarray(arr, dtype=np.float32)
-  expected = inception.weight_shapes()
-  missing = sorted(set(expected) - set(out))
-  if missing:
-    raise ValueError(f"state dict lacks {len(missing)} Inception arrays, e.g. {missing[:3]}")
-  for name, arr in out.items():
-    if name not in expected:
-      raise ValueError(f"state dict entry maps to {name!r}, which InceptionV3 does not have")
-    if arr.shape != expected[name]:
-      raise ValueError(f"array {name!r} has shape {arr.shape}, expected {expected[name]}")
-  return out
-
-
-def convert_file(pth_path: str, out_path: str) -> str:
-  """Converts a .pth state dict to our .npz; returns the .npz's sha256."""
-  import torch  # Imported here: only the conversion needs it.
-
-  arrays = convert_state_dict(torch.load(pth_path, map_location="cpu", weights_only=True))
-  with open(out_path, "wb") as f:
-    np.savez(f, **arrays)
-  with open(out_path, "rb") as f:
-    digest = hashlib.sha256(f.read()).hexdigest()
-  logging.info("wrote %d arrays to %s (sha256 %s)", len(arrays), out_path, digest)
-  return digest
-
-
-def _define_flags():
-  """CLI flags, defined only when this module runs as the program."""
-  return {
-      "pth": flags.DEFINE_string("pth", None, "pytorch-fid's pt_inception-2015-12-05-6726825d.pth."),
-      "out": flags.DEFINE_string("out", "inception_fid.npz", "Where to write the .npz."),
-  }
-
-
-_FLAGS = {}
+_PTH = flags.DEFINE_string("pth", None, "pytorch-fid's pt_inception-2015-12-05-6726825d.pth.")
+_OUT = flags.DEFINE_string("out", "inception_fid.npz", "Where to write the .npz.")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not _FLAGS["pth"].value:
+  if not _PTH.value:
     raise app.UsageError("--pth is required")
-  digest = convert_file(_FLAGS["pth"].value, _FLAGS["out"].value)
-  print(f"wrote {_FLAGS['out'].value} (sha256 {digest})")
+  digest = inception_convert.convert_file(_PTH.value, _OUT.value)
+  print(f"wrote {_OUT.value} (sha256 {digest})")
 
 
 if __name__ == "__main__":
-  _FLAGS.update(_define_flags())
   app.run(main)

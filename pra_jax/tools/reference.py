@@ -14,44 +14,35 @@ from absl import app, flags
 from pra_jax.metrics import fid, inception
 
 
-def _define_flags():
-  """CLI flags, defined only when this module runs as the program."""
-  return {
-      "images": flags.DEFINE_string("images", None,
-                                    "Folder of image files, or .npz with uint8 NHWC arr_0."),
-      "inception": flags.DEFINE_string("inception", None,
-                                       f"Inception weights .npz. {inception.WEIGHTS_HOWTO}"),
-      "out": flags.DEFINE_string("out", None, "Where to write the reference .npz."),
-      "num_pr_images": flags.DEFINE_integer(
-          "num_pr_images", 10000,
-          "Images kept as arr_0 for precision/recall (ADM: 10k; 0 = none)."),
-      "batch_size": flags.DEFINE_integer("batch_size", 200,
-                                         "Images per Inception batch, over all local devices."),
-      "seed": flags.DEFINE_integer("seed", 0, "Seed of the arr_0 subset."),
-  }
-
-
-_FLAGS = {}
+_IMAGES = flags.DEFINE_string("images", None,
+                              "Folder of image files, or .npz with uint8 NHWC arr_0.")
+_INCEPTION = flags.DEFINE_string("inception", None,
+                                 f"Inception weights .npz. {inception.WEIGHTS_HOWTO}")
+_OUT = flags.DEFINE_string("out", None, "Where to write the reference .npz.")
+_NUM_PR_IMAGES = flags.DEFINE_integer(
+    "num_pr_images", 10000, "Images kept as arr_0 for precision/recall (ADM: 10k; 0 = none).")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 200,
+                                   "Images per Inception batch, over all local devices.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the arr_0 subset.")
+_REQUIRED = {"images": _IMAGES, "inception": _INCEPTION, "out": _OUT}
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  f = {k: v.value for k, v in _FLAGS.items()}
-  for name in ("images", "inception", "out"):
-    if not f[name]:
+  for name, holder in _REQUIRED.items():
+    if not holder.value:
       raise app.UsageError(f"--{name} is required")
-  if f["num_pr_images"] < 0 or f["batch_size"] < 1:
+  if _NUM_PR_IMAGES.value < 0 or _BATCH_SIZE.value < 1:
     raise app.UsageError(f"--num_pr_images must be >= 0 and --batch_size >= 1, got "
-                         f"{f['num_pr_images']}, {f['batch_size']}")
-  images = fid.load_images(f["images"])  # Read first: a bad folder fails before any compile.
-  model = inception.load_inception(f["inception"])
-  ref = fid.compute_reference(images, model, f["out"], f["batch_size"], f["num_pr_images"],
-                              f["seed"])
+                         f"{_NUM_PR_IMAGES.value}, {_BATCH_SIZE.value}")
+  images = fid.load_images(_IMAGES.value)  # Read first: a bad folder fails before any compile.
+  model = inception.load_inception(_INCEPTION.value)
+  ref = fid.compute_reference(images, model, _OUT.value, _BATCH_SIZE.value, _NUM_PR_IMAGES.value,
+                              _SEED.value)
   kept = len(ref["arr_0"]) if "arr_0" in ref else 0
-  print(f"wrote {f['out']}: mu/sigma and mu_s/sigma_s of {len(images)} images, {kept} as arr_0")
+  print(f"wrote {_OUT.value}: mu/sigma and mu_s/sigma_s of {len(images)} images, {kept} as arr_0")
 
 
 if __name__ == "__main__":
-  _FLAGS.update(_define_flags())
   app.run(main)

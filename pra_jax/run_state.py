@@ -1,0 +1,221 @@
+"""The run state: what a train step updates (model, EMA, optimizer), how it is built, the pure
+step function and its one jitted form, and the restores that sampling uses.
+
+Everything that trains, compiles, plans, benchmarks or samples a run builds its state here, so
+they all hold exactly what train_and_evaluate holds:
+
+  bundle = create_bundle(config, mesh)                   # born sharded on the mesh
+  graphdef, state = nnx.split(bundle)
+  step_fn = jit_train_step(graphdef, state, config)     # state donated, shardings kept
+  state, metrics = step_fn(state, images_BHWC, labels_B)
+
+  model, mesh, step = restore_for_sampling(config, workdir)   # the newest good checkpoint
+"""
+
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
+import optax
+import orbax.checkpoint as ocp
+from absl import logging
+from flax import nnx
+from jax.sharding import NamedSharding
+
+from pra_jax import checkpoint, config_check, loss, optim, rng, sharding
+from pra_jax.models import pra
+
+
+class TrainBundle(nnx.Module):
+  """Everything a step updates: the model, its EMA and the optimizer state."""
+
+  def __init__(self, config):
+    self.model = pra.PRA(config, rngs=nnx.Rngs(config.seed))
+    self.ema = nnx.clone(self.model)
+    self.optimizer = nnx.Optimizer(self.model, optim.make_optimizer(config.train), wrt=nnx.Param)
+
+
+def create_bundle(config, mesh) -> TrainBundle:
+  """Model, EMA and optimizer with every array born sharded on `mesh`."""
+  with sharding.use_mesh(mesh):
+    return nnx.jit(lambda: TrainBundle(config))()
+
+
+def abstract_state(config, mesh):
+  """(graphdef, state) of a TrainBundle as shapes, dtypes and shardings on `mesh`: no memory,
+  for compiling and planning."""
+  with sharding.use_mesh(mesh):
+    bundle = nnx.eval_shape(lambda: TrainBundle(config))
+  graphdef, state = nnx.split(bundle)
+  # eval_shape leaves the specs on an abstract mesh; compiling needs the concrete devices.
+  concrete = lambda l: jax.ShapeDtypeStruct(l.shape, l.dtype,
+                                            sharding=NamedSharding(mesh, l.sharding.spec))
+  return graphdef, jax.tree.map(concrete, state)
+
+
+def weights(bundle, use_ema: bool):
+  """The model a grid, an eval or a sampler reads: the EMA or the raw weights."""
+  return bundle.ema if use_ema else bundle.model
+
+
+def accumulate_gradients(loss_fn, model, batch, num_micro: int):
+  """(metrics, gradient) of `loss_fn` over `batch`, in `num_micro` microbatches under one scan.
+
+  loss_fn(model, *microbatch) -> (mean loss, dict of scalar means). The gradient and metrics
+  are the means over the microbatches, which, equal in size, give the full batch's means; only
+  one microbatch's activations are alive at a time. Microbatch j holds examples j, j + num_micro,
+  j + 2 num_micro, ...: every device's contiguous shard of the batch splits in place into its
+  shard of each microbatch, so nothing moves between devices (a contiguous split would put each
+  microbatch on 1 / num_micro of them).
+  """
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  # A pure function of the parameters: nnx transforms refuse a model from outside the scan.
+  grad_fn = jax.value_and_grad(
+      lambda p, *mb: loss_fn(nnx.merge(graphdef, p, rest), *mb), has_aux=True)
+  if num_micro == 1:
+    (_, metrics), grads = grad_fn(params, *batch)
+    return metrics, grads
+  size = batch[0].shape[0]
+  if size % num_micro:
+    raise ValueError(f"a batch of {size} does not split into {num_micro} microbatches")
+  to_micro = lambda a: jnp.swapaxes(a.reshape(size // num_micro, num_micro, *a.shape[1:]), 0, 1)
+
+  def body(grad_sum, microbatch):
+    (_, metrics), grads = grad_fn(params, *microbatch)
+    return jax.tree.map(jnp.add, grad_sum, grads), metrics
+
+  grad_sum, metrics_J = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, params),
+                                     tuple(to_micro(a) for a in batch))
+  return ({k: v.mean() for k, v in metrics_J.items()},
+          jax.tree.map(lambda g: g / num_micro, grad_sum))
+
+
+def train_step(graphdef, state, images, labels, *, config):
+  """One update. Returns (new state, flat dict of scalar metrics).
+
+  One step counter drives everything: the optimizer's count of applied updates keys the rng,
+  the sigma schedule, the learning rate and the EMA warm-up. A step whose loss or gradient is
+  not finite changes nothing (the update and the count are masked out), so the state is always
+  safe to checkpoint and a skipped batch leaves no trace; the host decides whether to go on.
+  """
+  # Kept as plain arrays: merge hands the state's variables to the bundle, which updates them.
+  old_leaves = jax.tree.leaves(state)
+  bundle = nnx.merge(graphdef, state)
+  step = bundle.optimizer.step[...]
+  keys_B = rng.example_keys(jax.random.fold_in(jax.random.key(config.seed), step),
+                            images.shape[0])
+
+  def loss_fn(model, images, labels, keys):
+    terms, _ = loss.forward_train(model, images, labels, keys, step, config)
+    return terms["total"].mean(), {k: v.mean() for k, v in terms.items()}
+
+  # Each example keeps its key in whichever microbatch it lands: the draws are the full batch's.
+  terms, grads = accumulate_gradients(loss_fn, bundle.model, (images, labels, keys_B),
+                                      config.train.grad_accum_steps)
+  grad_norm = optax.global_norm(grads)
+  bundle.optimizer.update(bundle.model, grads)
+  params = nnx.state(bundle.model, nnx.Param)
+  decay = optim.ema_decay_at(config.train.ema_decay, step)
+  nnx.update(bundle.ema, optim.ema_update(nnx.state(bundle.ema, nnx.Param), params, decay))
+
+  # The updated weights are checked too: a finite gradient can still overflow them.
+  param_norm = optax.global_norm(params)
+  finite = jnp.isfinite(grad_norm) & jnp.isfinite(param_norm)
+  for v in terms.values():
+    finite &= jnp.isfinite(v)
+  new_leaves, treedef = jax.tree.flatten(nnx.state(bundle))
+  new_state = jax.tree.unflatten(
+      treedef, [jnp.where(finite, n, o) for n, o in zip(new_leaves, old_leaves)])
+  metrics = {f"train/{k}": v for k, v in terms.items()}
+  metrics.update({
+      "train/grad_norm": grad_norm,
+      "train/param_norm": param_norm,
+      "train/lr": optim.learning_rate_schedule(config.train)(step),
+      "train/finite": finite.astype(jnp.float32),
+  })
+  return new_state, metrics
+
+
+def jit_train_step(graphdef, state, config, *, donate: bool = True, **jit_kwargs):
+  """train_step jitted as every run uses it: the state donated (the step updates it in place)
+  and returned with the shardings it came in with. `state` may be abstract (ShapeDtypeStructs)
+  for lowering only. Tests that compare a state before and after a step keep it (donate=False);
+  `jit_kwargs` (e.g. compiler_options) pass through to jax.jit."""
+  state_sharding = jax.tree.map(lambda a: a.sharding, state)
+  return jax.jit(functools.partial(train_step, graphdef, config=config),
+                 donate_argnums=0 if donate else (), out_shardings=(state_sharding, None),
+                 **jit_kwargs)
+
+
+def abstract_batch(config, mesh, global_batch: int):
+  """(images, labels) as the loop feeds them: uint8 images and int32 labels split over
+  data x fsdp."""
+  d = config.data
+  split = sharding.batch_sharding(mesh)
+  images = jax.ShapeDtypeStruct((global_batch, d.image_size, d.image_size, d.channels),
+                                jnp.uint8, sharding=split)
+  labels = jax.ShapeDtypeStruct((global_batch,), jnp.int32, sharding=split)
+  return images, labels
+
+
+def compile_train_step(config, mesh, global_batch: int):
+  """The train step lowered and compiled exactly as train_and_evaluate jits it.
+
+  Returns (compiled, abstract state, lower seconds, compile seconds).
+  """
+  graphdef, state = abstract_state(config, mesh)
+  step_fn = jit_train_step(graphdef, state, config)
+  with sharding.use_mesh(mesh):
+    t0 = time.perf_counter()
+    lowered = step_fn.lower(state, *abstract_batch(config, mesh, global_batch))
+    t1 = time.perf_counter()
+    compiled = lowered.compile()
+    t2 = time.perf_counter()
+  return compiled, state, t1 - t0, t2 - t1
+
+
+def restore_for_sampling(config, workdir: str, use_ema: bool = True):
+  """(model, mesh, step): the EMA (or raw) model of the newest good checkpoint in `workdir`,
+  on the config's training mesh, which the caller then samples or measures under.
+
+  Refuses another run's config before reading anything, and writes nothing.
+  """
+  with config_check.user_input():
+    config_check.validate(config)
+    checkpoint.check_readable(workdir, config)
+  ckpt = checkpoint.Checkpointer(workdir, config.checkpoint, read_only=True)
+  mesh = sharding.make_mesh(config.sharding.mesh)
+  graphdef, state = nnx.split(create_bundle(config, mesh))
+  with config_check.user_input():
+    state, step = ckpt.restore_latest(state)
+  if state is None:
+    raise ValueError(f"no checkpoint in {ckpt.directory} restores into this config's model")
+  logging.info("Restored step %d from %s (%s weights).", step, ckpt.directory,
+               "EMA" if use_ema else "raw")
+  return weights(nnx.merge(graphdef, state), use_ema), mesh, step
+
+
+def restore_weights(config, workdir: str, step: int, mesh, use_ema: bool = True):
+  """The EMA (or raw) model of checkpoint `step`, replicated on every device of `mesh`.
+
+  Reads only those weights (Orbax partial restore): not the optimizer state, not the other copy
+  of the model, and never the training mesh's layout, which sampling does not use.
+  """
+  graphdef, abstract = nnx.split(pra.abstract_model(config, mesh))
+  placed = sharding.replicated(mesh)
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=placed),
+                        abstract)
+  part = "ema" if use_ema else "model"
+  ckpt = checkpoint.Checkpointer(workdir, config.checkpoint, read_only=True)
+  args = ocp.args.Composite(state=ocp.args.PyTreeRestore(
+      item={part: target}, partial_restore=True,
+      restore_args={part: jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=placed), target)}))
+  try:
+    restored = ckpt.manager.restore(step, args=args)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f"checkpoint {ckpt.directory}/{step} does not restore into this config's "
+                     f"model ({type(e).__name__}: {str(e).splitlines()[0][:300]})") from e
+  logging.info("Restored the %s weights of step %d from %s.", "EMA" if use_ema else "raw", step,
+               ckpt.directory)
+  return nnx.merge(graphdef, restored["state"][part])

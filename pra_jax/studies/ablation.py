@@ -1,0 +1,542 @@
+"""The ablation study: each backbone input mode of the method and the direct-pixel baselines, with
+one budget, some at several seeds, plus (on the digits demo) a small PRA sensitivity grid; scored
+by the data's judge and the gap diagnostic.
+
+  python -m pra_jax.ablate --config=configs/demo.py --workdir=/tmp/pra_ablation   (pra_jax/ablate.py)
+  python -m pra_jax.ablate --config=configs/photos.py --workdir=/tmp/pra_photos_study
+
+Each run is an ordinary training workdir DIR/<run>/ (resumable; a run whose final checkpoint
+exists is not retrained, a scored run is not rescored), so an interrupted study resumes where it
+stopped. The study writes DIR/ablation.md (the table: mean +- std over seeds where a mode has
+several) and DIR/ablation.png (samples of every run side by side, one row per class).
+"""
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+from PIL import Image, ImageDraw
+
+from pra_jax import checkpoint, data, grids, run_state, sampler, sharding
+from pra_jax.studies import gap
+
+MODES = ("teacher", "pixel_noise", "recon", "pra", "head_sample", "exact", "direct_x", "direct_v")
+DEFAULT_SIGMAS = (0.25, 0.5, 1.0, 2.0)
+DEFAULT_STATE_DIMS = (3, 4, 8)
+QUICK_STEPS = 3
+# Bump when the gap's meaning changes: runs scored under an older gap are rescored.
+GAP_VERSION = 2
+# Below this other/teacher ratio a run is read as ignoring its prefix: its 'lost' cells are n/a.
+MIN_SENSITIVITY = 1.05
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+  """The default study of one data source (every field can be overridden by a flag)."""
+  modes: tuple[str, ...]
+  num_steps: int
+  seeds: int = 1                     # Seeds of the modes in seeded_modes (the rest: one).
+  seeded_modes: tuple[str, ...] = ()
+  sigmas: tuple[float, ...] = ()
+  state_dims: tuple[int, ...] = ()
+  gap_images: int | None = None      # Held-out images of the gap (None: the whole split).
+
+
+STUDIES = {
+    # Sized so the default study on configs/demo.py finishes within an hour on 2 idle CPU cores:
+    # 12 trained runs x 500 steps, 190-290 s each with compile, plus 25-70 s scoring a run;
+    # measured 3163 s for the whole study on an idle 2-core machine (README, "Does it work?").
+    "digits": Study(modes=MODES[:-1], num_steps=500, sigmas=DEFAULT_SIGMAS,
+                    state_dims=DEFAULT_STATE_DIMS),
+    # configs/photos.py: 8 modes, 4 of them at 3 seeds = 16 runs, sized for 60 minutes on 2 idle
+    # cores. Measured on the shared 2-core machine at load ~4 (not idle): pra and exact at 250
+    # steps trained in 204 s and 230 s, scored in 104 s (with the judge's training) and 21 s;
+    # 564 s for both, 590 CPU-s. CPU seconds per step measured side by side with the digits demo
+    # put teacher / recon / pixel_noise at pra's cost, head_sample between pra and exact, the
+    # direct baselines at 0.9x pra: the 16 runs take ~3690 s at that load, and ~0.75x of it,
+    # ~46 minutes, idle (the digits demo's idle wall per step is 0.75x its CPU time).
+    "photos": Study(modes=MODES, num_steps=250, seeds=3,
+                    seeded_modes=("teacher", "recon", "pra", "direct_x"), gap_images=200),
+}
+
+
+def default_study(base) -> Study:
+  return STUDIES.get(base.data.source, STUDIES["digits"])
+
+
+@dataclasses.dataclass(frozen=True)
+class Eval:
+  """How every run is scored: the same for all, so their numbers compare."""
+  num_samples: int = 500        # Generated images for the judge, classes balanced.
+  gap_images: int | None = None  # Held-out images for the gap (None: the whole split).
+  noise_draws: int = 16         # Flow-loss draws per position in the gap.
+  num_rollouts: int = 2         # Sampled-input draws per image in the gap.
+  per_class: int = 8            # Samples per class in the figure.
+  seed: int = 0                 # Key of every evaluation draw.
+
+
+QUICK_EVAL = Eval(num_samples=20, gap_images=10, noise_draws=1, num_rollouts=1, per_class=2)
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  name: str                     # Also its directory: '<mode>' for seed 0, '<mode>_seed<k>'.
+  group: str                    # 'mode' | 'sigma' | 'state_dim': the table section.
+  changed: str                  # What differs from the base config, in words.
+  overrides: tuple[tuple[str, Any], ...]
+  seed: int = 0                 # Added to the base config's seed.
+  base: str = ""                # The row it is aggregated into (its name at seed 0).
+
+
+# ----------------------------------------------------------------------------- the runs
+
+def _set(config, dotted: str, value):
+  *parents, leaf = dotted.split(".")
+  node = config
+  for p in parents:
+    node = node[p]
+  if leaf not in node:
+    raise KeyError(f"config has no field {dotted!r}")
+  old = node[leaf]
+  node[leaf] = type(old)(value) if isinstance(old, (int, float)) and not isinstance(old, bool) \
+      else value
+
+
+def mode_run(mode: str, base) -> Run:
+  r = base.rollout
+  law = (f"sigma={r.sigma:g}" if r.sigma_law == "fixed" else
+         f"sigma ~ U[{r.sigma_min:g}, {r.sigma_max:g}]" + (" ramped" if r.sigma_law == "schedule"
+                                                          else ""))
+  described = {
+      "teacher": "inputs x_i (ground-truth pixels)",
+      "pixel_noise": f"inputs x_i + {r.pixel_sigma:g} sigma eps, {law}",
+      "recon": "inputs G(E(x_i))",
+      "pra": f"inputs G(E(x_i) + sigma eps), {law} (the method)",
+      "head_sample": f"inputs G(z~_i), z~_i: head ODE from t0={r.couple_t0:g} started at "
+                     f"t0 E(x_i) + (1-t0) eps ({r.head_sample_steps} steps), given h_i of a "
+                     "no-grad teacher-forced pass",
+      "exact": f"the same coupled sample (t0={r.couple_t0:g}), given h_i of the model's own "
+               "previous inputs: a sequential rollout",
+      "direct_x": "no state: the head generates the pixels (x-prediction); teacher inputs",
+      "direct_v": "no state: the head generates the pixels (v-prediction); teacher inputs",
+  }
+  if mode not in described:
+    raise ValueError(f"unknown mode {mode!r}: choose from {MODES}")
+  if mode in ("direct_x", "direct_v"):
+    overrides = (("rollout.mode", "teacher"), ("model.direct_pixel", True),
+                 ("model.head.prediction", mode[-1]))
+  else:
+    overrides = (("rollout.mode", mode),)
+  return Run(mode, "mode", described[mode], overrides, base=mode)
+
+
+def seeded(run: Run, seeds: int) -> list[Run]:
+  """The run at seeds 0..seeds-1 (seed 0 keeps the plain name, so one-seed studies reuse it)."""
+  return [run] + [dataclasses.replace(run, name=f"{run.name}_seed{k}", seed=k)
+                  for k in range(1, seeds)]
+
+
+def sweep_runs(sigmas, state_dims, base) -> list[Run]:
+  runs = [Run(f"pra_sigma{s:g}", "sigma", f"pra, sigma ~ U[{base.rollout.sigma_min:g}, {s:g}]",
+              (("rollout.mode", "pra"), ("rollout.sigma_law", "uniform"),
+               ("rollout.sigma_max", float(s))), base=f"pra_sigma{s:g}")
+          for s in sigmas]
+  runs += [Run(f"pra_z{z}", "state_dim", f"pra, state dim Z={z}",
+               (("rollout.mode", "pra"), ("model.state.dim", int(z))), base=f"pra_z{z}")
+           for z in state_dims]
+  return runs
+
+
+def run_config(base, run: Run, num_steps: int):
+  """The base config with the run's overrides and the study's common training budget."""
+  c = base.copy_and_resolve_references()
+  for key, value in run.overrides:
+    _set(c, key, value)
+  c.seed = base.seed + run.seed
+  t = c.train
+  t.num_steps = num_steps
+  t.warmup_steps = min(t.warmup_steps, max(1, num_steps // 5))
+  t.sample_every = t.eval_every = 0     # The study samples and scores each run itself.
+  # A killed study resumes each run from its newest checkpoint; tiny budgets save once.
+  c.checkpoint.every = num_steps if num_steps < 100 else num_steps // 4
+  return c
+
+
+# ----------------------------------------------------------------------------- one run
+
+def _read_json(path):
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def _write_json(path, obj):
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=1)
+  os.replace(tmp, path)
+
+
+def _final_step_saved(config, workdir: str) -> bool:
+  if not os.path.isdir(checkpoint.checkpoint_dir(workdir)):
+    return False
+  ckpt = checkpoint.Checkpointer(workdir, config.checkpoint, read_only=True)
+  return config.train.num_steps in ckpt.all_steps()
+
+
+def check_budget(workdir: str, num_steps: int, config_json: str | None = None) -> None:
+  """Resuming under another budget would mix two learning-rate schedules in one run, and reusing
+  a run trained under another config (an older head_sample, say) would score the wrong model:
+  refuse both. Runs recorded before configs were recorded are only checked for the budget."""
+  budget = _read_json(os.path.join(workdir, "ablate_budget.json"))
+  if budget is not None and budget["num_steps"] != num_steps:
+    raise ValueError(f"{workdir} was trained with a budget of {budget['num_steps']} steps, not "
+                     f"{num_steps}: use a new --workdir (or the old --num_steps)")
+  recorded = (budget or {}).get("config")
+  if recorded is not None and config_json is not None and recorded != config_json:
+    diff = sorted(k for k in set(_flat(json.loads(recorded))) | set(_flat(json.loads(config_json)))
+                  if _flat(json.loads(recorded)).get(k) != _flat(json.loads(config_json)).get(k))
+    raise ValueError(f"{workdir} was trained with another config (differs in {diff[:5]}): use a "
+                     f"new --workdir for the new runs")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in tree.items():
+    out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+  return out
+
+
+def train_run(config, workdir: str) -> dict:
+  """Trains unless the final checkpoint exists; returns {'steps', 'wall_s', 'trained'}."""
+  from pra_jax import train
+
+  check_budget(workdir, config.train.num_steps, config.to_json())
+  budget_path = os.path.join(workdir, "ablate_budget.json")
+  record_path = os.path.join(workdir, "ablate_train.json")
+  if _final_step_saved(config, workdir):
+    record = _read_json(record_path) or {"steps": config.train.num_steps, "wall_s": None}
+    return {**record, "trained": False}
+  os.makedirs(workdir, exist_ok=True)
+  _write_json(budget_path, {"num_steps": config.train.num_steps, "config": config.to_json()})
+  start = time.time()
+  metrics = train.train_and_evaluate(config, workdir)
+  record = {"steps": config.train.num_steps, "wall_s": time.time() - start,
+            "final_loss": metrics.get("train/total")}
+  _write_json(record_path, record)
+  return {**record, "trained": True}
+
+
+def judge(config, images, labels, judge_cache: str) -> dict:
+  """The data's judge: {'accuracy', 'fd', 'fd_num_images', 'judge_accuracy'} and its own keys."""
+  if config.data.source == "photos":
+    from pra_jax.metrics import photos
+    raw = photos.evaluate_photos(images, labels, judge_cache)
+    prefix = "photos"
+  elif config.data.source == "digits":
+    from pra_jax.metrics import digits
+    raw = digits.evaluate_digits(images, labels, judge_cache)
+    raw["digits_fd_num_images"] = raw["digits_num_images"]
+    prefix = "digits"
+  else:
+    raise ValueError(f"the ablation judges data.source 'digits' or 'photos', got "
+                     f"{config.data.source!r}")
+  return {**raw, "accuracy": raw[f"{prefix}_accuracy"], "fd": raw[f"{prefix}_fd"],
+          "fd_num_images": raw[f"{prefix}_fd_num_images"],
+          "judge_accuracy": raw[f"{prefix}_classifier_eval_accuracy"]}
+
+
+def score_run(config, workdir: str, ev: Eval, judge_cache: str) -> dict:
+  """Judge scores of balanced samples and the gap summary; cached in workdir/ablate_eval.json."""
+  step = max(checkpoint.Checkpointer(workdir, config.checkpoint, read_only=True).all_steps())
+  settings = sampler.SampleSettings.from_config(config.sample)
+  key = {"eval": dataclasses.asdict(ev), "step": step, "settings": dataclasses.asdict(settings),
+         "gap_version": GAP_VERSION}
+  cache_path = os.path.join(workdir, "ablate_eval.json")
+  samples_path = os.path.join(workdir, "ablate_samples.npz")
+  cached = _read_json(cache_path)
+  if cached is not None and cached.get("key") == key and os.path.exists(samples_path):
+    return {**cached["scores"], "cached": True}
+  start = time.time()
+  model, mesh, step = run_state.restore_for_sampling(config, workdir,
+                                                     use_ema=config.sample.use_ema)
+  labels = (np.arange(ev.num_samples) % config.data.num_classes).astype(np.int32)
+  with sharding.use_mesh(mesh):
+    images = sampler.generate_many(model, labels, jax.random.key(ev.seed), settings,
+                                   min(config.sample.batch_size, len(labels)))
+    scores = judge(config, images, labels, judge_cache)
+    held_images, held_labels = gap.held_out(config, ev.gap_images)
+    result = gap.measure(model, held_images, held_labels, jax.random.key(ev.seed), config,
+                         num_steps=settings.num_steps, noise_draws=ev.noise_draws,
+                         num_rollouts=ev.num_rollouts, step=step)
+  gap.write(result, os.path.join(workdir, "gap"), step, title=f"{os.path.basename(workdir)}, "
+            f"step {step}")
+  np.savez(samples_path, arr_0=images, arr_1=labels)
+  scores = {**scores, "step": step, "gap": gap.to_json(result), "eval_wall_s": time.time() - start}
+  _write_json(cache_path, {"key": key, "scores": scores})
+  return {**scores, "cached": False}
+
+
+def real_reference(config, ev: Eval, judge_cache: str) -> dict:
+  """The judge's scores of real training images: the best a generator can hope for."""
+  if config.data.source == "photos":
+    images, labels = data.load_photos_split("train", config.data.image_size, config.data.channels)
+  else:
+    images, labels = data.load_digits_split("train", config.data.image_size)
+  n = min(ev.num_samples, len(labels))
+  # A fixed random subset: the photos' crops are stored photo by photo.
+  idx = np.sort(np.random.default_rng(0).permutation(len(labels))[:n])
+  return judge(config, images[idx], labels[idx], judge_cache)
+
+
+# ----------------------------------------------------------------------------- outputs
+
+def _fmt(value, spec):
+  return "n/a" if value is None else format(value, spec)
+
+
+def _mean_std(values, spec: str) -> str:
+  """'m' for one value, 'm +- s' (sample std) for several; n/a if there is none."""
+  values = [v for v in values if v is not None and np.isfinite(v)]
+  if not values:
+    return "n/a"
+  if len(values) == 1:
+    return format(values[0], spec)
+  return f"{np.mean(values):{spec}} +- {np.std(values, ddof=1):{spec}}"
+
+
+def _row_values(r: dict) -> dict:
+  """The per-run numbers of the table (None where the run failed)."""
+  if r["error"]:
+    return {}
+  s, g = r["scores"], r["scores"]["gap"]
+  # A model that ignores its prefix has no information to lose: its lost_* are noise over ~0.
+  reads_prefix = g["sensitivity"] >= MIN_SENSITIVITY
+  return {"wall": r["wall_s"], "acc": s["accuracy"], "fd": s["fd"], "teacher": g["teacher_mean"],
+          "sensitivity": g["sensitivity"],
+          "lost_head_sample": g.get("lost_head_sample") if reads_prefix else None,
+          "lost_exact": g.get("lost_exact") if reads_prefix else None}
+
+
+_COLUMNS = (("wall", ".0f"), ("acc", ".3f"), ("fd", ".2f"), ("teacher", ".4f"),
+            ("sensitivity", ".3f"), ("lost_head_sample", ".3f"), ("lost_exact", ".3f"))
+
+
+def write_table(path: str, rows: list[dict], base, num_steps: int, ev: Eval, reference: dict,
+                total_wall_s: float) -> None:
+  sections = {"mode": "Input modes (and the direct-pixel baselines)",
+              "sigma": "Sensitivity: PRA noise level (sigma_law uniform, sigma_max varied)",
+              "state_dim": "Sensitivity: state dimension Z (pra)"}
+  t = base.train
+  source = base.data.source
+  scored = [r for r in rows if r["scores"]]
+  draws = scored[0]["scores"]["gap"]["noise_draws"] if scored else ev.noise_draws
+  gap_n = scored[0]["scores"]["gap"]["num_images"] if scored else ev.gap_images
+  patch = base.model.patch_size ** 2 * base.data.channels
+  lines = [
+      "# Ablation: backbone input modes", "",
+      f"Base config: data {source} {base.data.image_size}px, patch {base.model.patch_size} "
+      f"({patch} values, {(base.data.image_size // base.model.patch_size) ** 2} per image), "
+      f"backbone {base.model.backbone.width}x{base.model.backbone.depth}, head "
+      f"{base.model.head.width}x{base.model.head.depth}, Z={base.model.state.dim}. Every run: "
+      f"{num_steps} steps, batch {t.batch_size}, lr {t.lr:g} ({t.lr_schedule}, warmup "
+      f"{min(t.warmup_steps, max(1, num_steps // 5))}), seed {base.seed} + the run's seed "
+      f"offset; rollout.couple_t0 {base.rollout.couple_t0:g} for head_sample and exact.",
+      f"Scoring (EMA weights, fixed seed {ev.seed}): {ev.num_samples} samples, classes "
+      f"balanced, sampler {base.sample.num_steps} head steps, cfg {base.sample.cfg:g} "
+      f"({base.sample.cfg_schedule}); acc = the {source} judge's agreement with the requested "
+      f"class, FD = Frechet distance in the judge's features from {ev.num_samples} samples "
+      f"(judge accuracy on held-out {source}: {reference['judge_accuracy']:.3f}).",
+      f"Gap ({gap_n} held-out images, {draws} flow-loss draws per position, {ev.num_rollouts} "
+      f"input draws per image, sampled kinds at couple_t0 = 0, i.e. what inference feeds the "
+      "model; pra_jax.gap): 'teacher' = mean head loss over positions 1..N-1 with the image's "
+      "own pixels as the prefix; 'other/teacher' = the loss with another same-class image's "
+      "prefix over it (about 1: the model ignores its prefix, and the lost columns mean "
+      "nothing); 'lost' = (loss - teacher) / (other - teacher) with the model's own one-step "
+      "samples (head_sample) or its free rollout (exact) as the prefix: 0 = as informative as "
+      "the true pixels, 1 = no better than another real image of the class (n/a where "
+      f"other/teacher < {MIN_SENSITIVITY:g}). Mean +- std over seeds where a row has several.",
+      "",
+      "| run | what changed | seeds | steps | train wall (s) | acc | FD | teacher loss "
+      "| other/teacher | lost head_sample | lost exact |",
+      "|---|---|---|---|---|---|---|---|---|---|---|",
+      f"| real {source} (train split) | reference: {reference['fd_num_images']:.0f} real images "
+      f"| - | - | - | {reference['accuracy']:.3f} | {reference['fd']:.2f} | - | - | - | - |",
+  ]
+  details = []
+  for group, title in sections.items():
+    group_rows = [r for r in rows if r["group"] == group]
+    if not group_rows:
+      continue
+    lines.append(f"| **{title}** |" + " |" * 10)
+    for name in dict.fromkeys(r["base"] for r in group_rows):
+      members = [r for r in group_rows if r["base"] == name]
+      first = members[0]
+      label = name if first["run_dir"] == first["name"] else f"{name} (= {first['run_dir']})"
+      failed = [m for m in members if m["error"]]
+      values = [_row_values(m) for m in members if not m["error"]]
+      cells = [_mean_std([v[c] for v in values], spec) for c, spec in _COLUMNS]
+      errors = ", ".join(m["name"] + ": " + m["error"] for m in failed)
+      note = f" (failed: {errors})" if failed else ""
+      lines.append(f"| {label} | {first['changed']}{note} | {len(values)} | {first['steps']} | "
+                   + " | ".join(cells) + " |")
+      if len(members) > 1:
+        for m in members:
+          v = _row_values(m)
+          details.append(f"| {m['name']} | {m['seed']} | " + (
+              " | ".join(_fmt(v.get(c), spec) for c, spec in _COLUMNS) if v else
+              f"failed: {m['error']} | | | | | |") + " |")
+  if details:
+    lines += ["", "Per seed:", "",
+              "| run | seed offset | train wall (s) | acc | FD | teacher loss | other/teacher "
+              "| lost head_sample | lost exact |",
+              "|---|---|---|---|---|---|---|---|---|"] + details
+  lines += ["", f"Study wall time this invocation: {total_wall_s:.0f} s (runs already trained "
+            f"or scored are reused, so this can be less than the sum above; a resumed run's "
+            f"train wall counts only the invocation that finished it). Per-run gap plots: "
+            f"<run>/gap/; samples: ablation.png (a panel per run, a row per class).", ""]
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.write("\n".join(lines))
+  os.replace(tmp, path)
+
+
+def write_figure(path: str, panels: list[tuple[str, np.ndarray]], scale: int = 2,
+                 per_row: int = 7) -> None:
+  """Labelled sample grids side by side, wrapped after per_row panels."""
+  grids = [Image.fromarray(g[..., 0] if g.shape[-1] == 1 else g).convert("RGB") for _, g in panels]
+  grids = [g.resize((g.width * scale, g.height * scale), Image.NEAREST) for g in grids]
+  font = gap.label_font(12)
+  label_w = max(ImageDraw.Draw(grids[0]).textlength(name, font=font) for name, _ in panels)
+  w = max(max(g.width for g in grids), int(label_w) + 2)
+  h = max(g.height for g in grids)
+  label_h, pad = 18, 8
+  cols = min(per_row, len(grids))
+  rows = -(-len(grids) // cols)
+  canvas = Image.new("RGB", (cols * (w + pad) + pad, rows * (h + label_h + pad) + pad),
+                     (255, 255, 255))
+  draw = ImageDraw.Draw(canvas)
+  for i, ((name, _), grid) in enumerate(zip(panels, grids)):
+    r, c = divmod(i, cols)
+    x, y = pad + c * (w + pad), pad + r * (h + label_h + pad)
+    draw.text((x, y), name, fill=(0, 0, 0), font=font)
+    canvas.paste(grid, (x, y + label_h))
+  tmp = path + ".tmp.png"
+  canvas.save(tmp)
+  os.replace(tmp, path)
+
+
+def _class_grid(images: np.ndarray, labels: np.ndarray, num_classes: int, per_class: int):
+  picks = [np.flatnonzero(labels == c)[:per_class] for c in range(num_classes)]
+  per_class = min(len(p) for p in picks)
+  chosen = np.concatenate([p[:per_class] for p in picks])
+  return grids.image_grid(images[chosen], rows=num_classes)
+
+
+# ----------------------------------------------------------------------------- the study
+
+def plan(base, modes=None, sigmas=None, state_dims=None, seeds=None,
+         seeded_modes=None) -> list[Run]:
+  """Every run of the study; None takes the data source's default (STUDIES)."""
+  d = default_study(base)
+  pick = lambda value, default: default if value is None else tuple(value)
+  modes, sigmas = pick(modes, d.modes), pick(sigmas, d.sigmas)
+  state_dims, seeded_modes = pick(state_dims, d.state_dims), pick(seeded_modes, d.seeded_modes)
+  seeds = d.seeds if seeds is None else seeds
+  if seeds < 1:
+    raise ValueError(f"seeds must be at least 1, got {seeds}")
+  runs = []
+  for m in modes:
+    runs += seeded(mode_run(m, base), seeds if m in seeded_modes else 1)
+  return runs + sweep_runs(sigmas, state_dims, base)
+
+
+def _one_run(run: Run, base, workdir: str, run_dir: str, num_steps: int, ev: Eval,
+             judge_cache: str) -> dict:
+  config = run_config(base, run, num_steps)
+  rundir = os.path.join(workdir, run_dir)
+  trained = train_run(config, rundir)
+  if trained["trained"]:
+    print(f"[ablate] {run.name}: trained {num_steps} steps in {trained['wall_s']:.1f} s "
+          f"({trained['wall_s'] / num_steps:.3f} s/step with compile)", flush=True)
+  else:
+    print(f"[ablate] {run.name}: final checkpoint found in {rundir}, not retrained "
+          f"(trained in {_fmt(trained['wall_s'], '.1f')} s)", flush=True)
+  scores = score_run(config, rundir, ev, judge_cache)
+  g = scores["gap"]
+  print(f"[ablate] {run.name}: acc {scores['accuracy']:.3f}, FD {scores['fd']:.2f} "
+        f"({scores['fd_num_images']:.0f} samples; judge held-out accuracy "
+        f"{scores['judge_accuracy']:.3f}); gap: teacher loss {g['teacher_mean']:.4f}, "
+        f"other/teacher {g['sensitivity']:.3f}, lost head_sample "
+        f"{g.get('lost_head_sample', float('nan')):.3f}, lost exact "
+        f"{g.get('lost_exact', float('nan')):.3f} "
+        + ("(scores reused)" if scores["cached"] else
+           f"(scored in {scores['eval_wall_s']:.1f} s)"), flush=True)
+  return {"steps": trained["steps"], "wall_s": trained["wall_s"], "trained": trained["trained"],
+          "scores": scores, "error": None}
+
+
+def run_study(base, workdir: str, *, modes=None, sigmas=None, state_dims=None, seeds=None,
+              seeded_modes=None, num_steps: int | None = None, quick: bool = False,
+              judge_cache: str | None = None, ev: Eval | None = None) -> dict:
+  """Trains and scores every run; writes ablation.md and ablation.png; returns their paths and rows.
+
+  None takes the data source's default study (STUDIES). Runs whose resolved configs coincide
+  (e.g. the sigma sweep's value equal to the base config's) share one training directory. A run
+  that fails (a diverging loss, say) is reported in the table and the study goes on; rerunning
+  the study retries it from its last checkpoint.
+  """
+  start = time.time()
+  base = base.copy_and_resolve_references()
+  study = default_study(base)
+  if quick:
+    base.sample.num_steps = min(base.sample.num_steps, 2)
+  num_steps = num_steps or (QUICK_STEPS if quick else study.num_steps)
+  ev = ev or (QUICK_EVAL if quick else Eval(gap_images=study.gap_images))
+  judge_cache = judge_cache or os.path.join(workdir, "judge_cache")
+  os.makedirs(workdir, exist_ok=True)
+  runs = plan(base, modes, sigmas, state_dims, seeds, seeded_modes)
+  print(f"[ablate] {len(runs)} runs of {num_steps} steps in {workdir}", flush=True)
+  dirs, done, rows = {}, {}, []
+  for run in runs:
+    dirs.setdefault(run_config(base, run, num_steps).to_json(), run.name)
+  for config_json, run_dir in dirs.items():  # Before anything trains: one clear error.
+    check_budget(os.path.join(workdir, run_dir), num_steps, config_json)
+  for run in runs:
+    run_dir = dirs[run_config(base, run, num_steps).to_json()]
+    if run_dir not in done:
+      try:
+        done[run_dir] = _one_run(run, base, workdir, run_dir, num_steps, ev, judge_cache)
+      except Exception as e:  # pylint: disable=broad-except
+        logging.exception("Run %s failed.", run.name)
+        message = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+        print(f"[ablate] {run.name}: FAILED ({message}); the study goes on", flush=True)
+        done[run_dir] = {"steps": num_steps, "wall_s": None, "trained": False, "scores": None,
+                         "error": message}
+    rows.append({"name": run.name, "group": run.group, "changed": run.changed,
+                 "base": run.base or run.name, "seed": run.seed, "run_dir": run_dir,
+                 **done[run_dir]})
+  reference = real_reference(base, ev, judge_cache)
+  table = os.path.join(workdir, "ablation.md")
+  write_table(table, rows, base, num_steps, ev, reference, time.time() - start)
+  panels = []
+  for row in rows:
+    # Aliases are shown once, and every mode at its first seed only.
+    if row["run_dir"] != row["name"] or row["error"] or row["seed"]:
+      continue
+    with np.load(os.path.join(workdir, row["run_dir"], "ablate_samples.npz")) as f:
+      panels.append((row["name"], _class_grid(f["arr_0"], f["arr_1"], base.data.num_classes,
+                                              ev.per_class)))
+  figure = os.path.join(workdir, "ablation.png")
+  if panels:
+    write_figure(figure, panels, scale=2 if base.data.image_size <= 16 else 1)
+  print(f"[ablate] {len(rows)} runs in {time.time() - start:.0f} s (study wall time, this "
+        f"invocation): wrote {table} and {figure}", flush=True)
+  return {"table": table, "figure": figure, "rows": rows,
+          "failed": [r["name"] for r in rows if r["error"]]}
