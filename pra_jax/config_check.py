@@ -9,26 +9,34 @@ import difflib
 import math
 import sys
 
-from pra_jax import profiling, rollout
-from pra_jax.models import attention
+from pra_jax import data, optim, profiling, rollout, sampler
+from pra_jax.models import attention, backbone, head, layers, state
 
 EXIT_USER_ERROR = 2
 
+# Each field's allowed values, as the module that reads the field defines them (rollout.mode
+# and rollout.sigma_law: rollout.check_config, below).
 _CHOICES = {
-    "data.source": ("tfds", "folder", "digits", "photos", "synthetic"),
-    "data.bad_images": ("skip", "raise"),
-    "model.backbone.mlp_type": ("swiglu", "gelu"),
-    "model.backbone.norm": ("rmsnorm", "layernorm"),
-    "model.backbone.pos_emb": ("learned", "rope2d"),
-    "model.backbone.dtype": ("float32", "bfloat16", "float16"),
+    "data.source": data.SOURCES,
+    "data.bad_images": data.BAD_IMAGE_MODES,
+    "data.channels": data.CHANNELS,
+    "model.backbone.mlp_type": layers.MLP_TYPES,
+    "model.backbone.norm": layers.NORMS,
+    "model.backbone.pos_emb": backbone.POS_EMBS,
+    "model.backbone.dtype": layers.DTYPE_NAMES,
+    "model.backbone.param_dtype": layers.DTYPE_NAMES,
     "model.backbone.attention": attention.IMPLEMENTATIONS,
-    "model.head.prediction": ("v", "x", "eps"),
-    "model.head.time_sampling": ("uniform", "logit_normal"),
-    "model.state.norm": ("layernorm", "tanh", "none"),
-    "train.lr_schedule": ("cosine", "constant"),
-    "train.nonfinite": ("raise", "skip"),
-    "sample.solver": ("euler", "heun"),
-    "sample.cfg_schedule": ("constant", "linear"),
+    "model.head.prediction": head.PREDICTIONS,
+    "model.head.time_sampling": head.TIME_SAMPLINGS,
+    "model.head.dtype": layers.DTYPE_NAMES,
+    "model.head.param_dtype": layers.DTYPE_NAMES,
+    "model.state.norm": state.STATE_NORMS,
+    "model.state.dtype": layers.DTYPE_NAMES,
+    "model.state.param_dtype": layers.DTYPE_NAMES,
+    "train.lr_schedule": optim.LR_SCHEDULES,
+    "train.nonfinite": optim.NONFINITE,
+    "sample.solver": head.SOLVERS,
+    "sample.cfg_schedule": sampler.CFG_SCHEDULES,
 }
 _POSITIVE = ("data.image_size", "data.num_classes", "model.patch_size", "model.backbone.width",
              "model.backbone.depth", "model.backbone.num_heads", "model.head.width",
@@ -184,13 +192,10 @@ def validate(config) -> None:
     # Orbax reads 0 as "keep none": it would delete every checkpoint, the resumed run's included.
     raise ValueError(f"config checkpoint.max_to_keep must be a positive integer (or None to keep "
                      f"all), got {keep!r}")
-  from pra_jax.models import backbone  # The model's own parser of the name.
-  try:
+  try:  # The model's own parser of the name.
     backbone.remat_policy(config.model.backbone.remat_policy)
   except ValueError as e:
     raise ValueError(f"config model.backbone.{e}") from None
-  if config.data.channels not in (1, 3):
-    raise ValueError(f"config data.channels must be 1 or 3, got {config.data.channels!r}")
   if config.data.image_size % config.model.patch_size:
     raise ValueError(f"config data.image_size={config.data.image_size} is not divisible by "
                      f"model.patch_size={config.model.patch_size}")

@@ -13,7 +13,6 @@ from typing import Any, Protocol
 from absl import logging
 import grain
 import ml_collections
-from ml_collections import config_dict
 import numpy as np
 from PIL import Image
 
@@ -37,8 +36,10 @@ PHOTOS_NUM_CLASSES = len(PHOTOS)
 _PHOTO_SIDE_CROPS = 6     # The shorter side spans 6 crop sides: a crop shows a sixth of it.
 _PHOTO_STRIDE_FRACTION = 4  # Crops start every crop_side / 4 pixels (train and held-out).
 
+# The allowed values of data.source, data.bad_images and data.channels (config_check reads them).
 SOURCES = ("digits", "folder", "tfds", "synthetic", "photos")
 BAD_IMAGE_MODES = ("skip", "raise")
+CHANNELS = (1, 3)  # Every image is converted to grayscale (L) or RGB.
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 # What PIL raises on corrupt, truncated or empty files (UnidentifiedImageError is an OSError).
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
@@ -144,41 +145,19 @@ def load_eval_arrays(data_cfg) -> tuple[np.ndarray, np.ndarray]:
 # ---------------------------------------------------------------------------------------------
 
 
-def default_config() -> ml_collections.ConfigDict:
-  """The data section with every field this module reads, set for the digits demo."""
-  return ml_collections.ConfigDict(dict(
-      source="digits",  # 'digits' | 'folder' | 'tfds'.
-      tfds_name="imagenet2012",
-      tfds_data_dir=config_dict.placeholder(str),  # None: TFDS's default data dir.
-      # Folder layout: `folder` is the train split root, `eval_folder` the eval split root,
-      # each holding one subfolder per class; class ids come from the train root's sorted
-      # subfolder names. No `eval_folder`: evaluation reads `folder` (with a warning).
-      folder=config_dict.placeholder(str),
-      eval_folder=config_dict.placeholder(str),
-      train_split="train",
-      eval_split="validation",  # TFDS split name; digits and folders read it as 'eval'.
-      image_size=16,
-      channels=1,  # 1 or 3; files are converted to this.
-      num_classes=DIGITS_NUM_CLASSES,
-      random_flip=False,  # Horizontal, train only; off for digits (mirrored digits aren't).
-      bad_images="skip",  # 'skip': substitute the next readable file; 'raise': ValueError.
-      worker_count=0,  # grain worker processes; 0 reads in-process with threads.
-      worker_buffer_size=2,  # Batches each worker keeps ready.
-  ))
-
-
 def validate_config(data_cfg: ml_collections.ConfigDict) -> None:
   """Raises ValueError on a data section that cannot work, before anything is read."""
   if data_cfg.source not in SOURCES:
     raise ValueError(f"data.source must be one of {SOURCES}, got {data_cfg.source!r}")
-  if data_cfg.channels not in (1, 3):
-    raise ValueError(f"data.channels must be 1 or 3, got {data_cfg.channels!r}")
-  if data_cfg.get("bad_images", "skip") not in BAD_IMAGE_MODES:
+  if data_cfg.channels not in CHANNELS:
+    raise ValueError(f"data.channels must be {' or '.join(map(str, CHANNELS))}, got "
+                     f"{data_cfg.channels!r}")
+  if data_cfg.bad_images not in BAD_IMAGE_MODES:
     raise ValueError(
         f"data.bad_images must be one of {BAD_IMAGE_MODES}, got {data_cfg.bad_images!r}")
   if data_cfg.image_size < 1:
     raise ValueError(f"data.image_size must be positive, got {data_cfg.image_size}")
-  if data_cfg.source == "folder" and not data_cfg.get("folder"):
+  if data_cfg.source == "folder" and not data_cfg.folder:
     raise ValueError("data.source='folder' needs data.folder: the train split root")
 
 
@@ -313,7 +292,7 @@ class _DecodingSource(abc.ABC):
   def __init__(self, data_cfg: ml_collections.ConfigDict):
     self._channels = data_cfg.channels
     self._image_size = data_cfg.image_size
-    self._raise_on_bad = data_cfg.get("bad_images", "skip") == "raise"
+    self._raise_on_bad = data_cfg.bad_images == "raise"
 
   @abc.abstractmethod
   def _decode(self, index: int) -> tuple[np.ndarray, int]:
@@ -439,7 +418,7 @@ def _tfds_build_hint(name: str, data_dir: str | None) -> str:
 def _open_tfds(data_cfg: ml_collections.ConfigDict, split: str) -> Any:
   import tensorflow_datasets as tfds  # Imported lazily: only the TFDS source needs it.
 
-  name, data_dir = data_cfg.tfds_name, data_cfg.get("tfds_data_dir") or None
+  name, data_dir = data_cfg.tfds_name, data_cfg.tfds_data_dir or None
   if data_dir is not None and not os.path.isdir(data_dir):
     raise FileNotFoundError(f"TFDS data dir {data_dir!r} (data.tfds_data_dir) does not exist; "
                             f"build the dataset there with: {_tfds_build_hint(name, data_dir)}")
@@ -484,7 +463,7 @@ def make_source(data_cfg: ml_collections.ConfigDict, split: str) -> Source:
     classes = _folder_classes(data_cfg)
     root = data_cfg.folder
     if _split_role(data_cfg, split) == "eval":
-      root = data_cfg.get("eval_folder") or root
+      root = data_cfg.eval_folder or root
       if root == data_cfg.folder:
         logging.warning("data.eval_folder is not set: evaluating on the train folder %r", root)
     return ImageFolderSource(data_cfg, root, classes)
@@ -528,10 +507,9 @@ def _to_iterator(batches: grain.MapDataset,
   # format still depends on worker_count: keep it fixed across a resume.
   ds = batches.to_iter_dataset(
       grain.ReadOptions(num_threads=_READ_THREADS, prefetch_buffer_size=_READ_BUFFER_BATCHES))
-  workers = data_cfg.get("worker_count", 0)
-  if workers > 0:
+  if data_cfg.worker_count > 0:
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=workers, per_worker_buffer_size=data_cfg.get("worker_buffer_size", 2)))
+        num_workers=data_cfg.worker_count, per_worker_buffer_size=data_cfg.worker_buffer_size))
   return iter(ds)
 
 
@@ -551,7 +529,7 @@ def make_train_iterator(data_cfg: ml_collections.ConfigDict, *, local_batch_size
   ds = _shard(grain.MapDataset.source(source), process_index, process_count)
   # Shuffle before repeat: each epoch is a fresh permutation (grain folds in the epoch).
   ds = ds.shuffle(seed=int(shuffle_seed)).repeat()
-  if data_cfg.get("random_flip", False):
+  if data_cfg.random_flip:
     ds = ds.random_map(_random_flip, seed=int(flip_seed))
   return _to_iterator(ds.batch(local_batch_size, drop_remainder=True), data_cfg)
 

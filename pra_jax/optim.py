@@ -4,10 +4,15 @@ import jax
 import jax.numpy as jnp
 import optax
 
+LR_SCHEDULES = ("cosine", "constant")
+# What the trainer does with an update whose gradient or new weights are not finite (train.py's
+# guard; the step itself always masks such an update out): stop, or count it and go on.
+NONFINITE = ("raise", "skip")
+
 
 def learning_rate_schedule(train_cfg):
-  if train_cfg.lr_schedule not in ("cosine", "constant"):
-    raise ValueError(f"train.lr_schedule must be 'cosine' or 'constant', got "
+  if train_cfg.lr_schedule not in LR_SCHEDULES:
+    raise ValueError(f"train.lr_schedule must be one of {LR_SCHEDULES}, got "
                      f"{train_cfg.lr_schedule!r}")
   warmup = optax.linear_schedule(0.0, train_cfg.lr, max(train_cfg.warmup_steps, 1))
   if train_cfg.lr_schedule == "constant":

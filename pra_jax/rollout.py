@@ -125,7 +125,7 @@ def build_inputs(model, x_BNP, z_BNZ, y_B, key, step, config):
                         num_steps=r.head_sample_steps, solver="euler", t0=r.couple_t0)
     out = model.decode(g.reshape(b, m, -1), h_tf)
   elif r.mode == "exact":
-    settings = sampler.SampleSettings(num_steps=r.head_sample_steps)
+    settings = sampler.SampleSettings.unguided(r.head_sample_steps)
     # The states of the last patch are never an input: its start is never read.
     out, _ = sampler.rollout(model, y_B, sample_keys_B, settings,
                              start_BNZ=jax.lax.stop_gradient(z_BNZ), t0=r.couple_t0)

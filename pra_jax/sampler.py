@@ -22,28 +22,39 @@ CFG_SCHEDULES = ("constant", "linear")
 
 @dataclasses.dataclass(frozen=True)
 class SampleSettings:
-  num_steps: int = 50          # Head ODE steps per patch.
-  solver: str = "euler"        # 'euler' | 'heun'.
-  cfg: float = 1.0             # Guidance scale; 1 disables the unconditional half.
-  cfg_schedule: str = "constant"
-  temperature: float = 1.0     # Scales the head's initial noise.
+  """How the sampler draws. No defaults: sampling a trained model takes config.sample's values
+  (`from_config`), the training rollouts their own fixed draw (`unguided`)."""
+  num_steps: int               # Head ODE steps per patch.
+  solver: str                  # One of head.SOLVERS.
+  cfg: float                   # Guidance scale; 1 disables the unconditional half.
+  cfg_schedule: str            # One of CFG_SCHEDULES.
+  temperature: float           # Scales the head's initial noise.
   use_cache: bool = True       # False recomputes the whole prefix every step (for checks).
 
   def __post_init__(self):
     if self.cfg_schedule not in CFG_SCHEDULES:
       raise ValueError(f"cfg_schedule must be one of {CFG_SCHEDULES}, got {self.cfg_schedule!r}")
-    if self.solver not in ("euler", "heun"):
-      raise ValueError(f"solver must be 'euler' or 'heun', got {self.solver!r}")
+    if self.solver not in head_lib.SOLVERS:
+      raise ValueError(f"solver must be {' or '.join(map(repr, head_lib.SOLVERS))}, got "
+                       f"{self.solver!r}")
     if self.num_steps < 1 or self.temperature < 0:
       raise ValueError(f"num_steps must be >= 1 and temperature >= 0, got {self.num_steps}, "
                        f"{self.temperature}")
 
   @classmethod
   def from_config(cls, sample_cfg, **overrides):
+    """config.sample's settings; an override that is not None (a flag given) replaces one."""
     fields = dict(num_steps=sample_cfg.num_steps, solver=sample_cfg.solver, cfg=sample_cfg.cfg,
                   cfg_schedule=sample_cfg.cfg_schedule, temperature=sample_cfg.temperature)
     fields.update({k: v for k, v in overrides.items() if v is not None})
     return cls(**fields)
+
+  @classmethod
+  def unguided(cls, num_steps: int):
+    """The training rollouts' draw (pra_jax.rollout's 'exact' mode, with rollout.head_sample_steps
+    steps): Euler, no guidance, temperature 1, whatever config.sample says."""
+    return cls(num_steps=num_steps, solver="euler", cfg=1.0, cfg_schedule="constant",
+               temperature=1.0)
 
 
 def cfg_scales(settings: SampleSettings, num_patches: int) -> jax.Array:

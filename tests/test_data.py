@@ -13,12 +13,21 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from configs import common, tiny
 from pra_jax import data
 
 
 def _cfg(**overrides):
-  cfg = data.default_config()
+  """The tiny config's data section (the digits demo set) at 8px, with overrides."""
+  cfg = tiny.get_config().data
   cfg.image_size = 8
+  cfg.update(overrides)
+  return cfg
+
+
+def _tfds_cfg(**overrides):
+  """The schema's own data section (TFDS ImageNet, its split names), with overrides."""
+  cfg = common.base_config().data
   cfg.update(overrides)
   return cfg
 
@@ -54,7 +63,7 @@ class _IndexSource:
 
 
 def test_digits_splits_shapes_and_partition():
-  train, ev = data.make_source(_cfg(), "train"), data.make_source(_cfg(), "validation")
+  train, ev = data.make_source(_cfg(), "train"), data.make_source(_cfg(), _cfg().eval_split)
   assert (len(train), len(ev)) == (1500, 297)
   ex = train[0]
   assert ex["image"].shape == (8, 8, 1) and ex["image"].dtype == np.uint8
@@ -210,8 +219,7 @@ def test_folder_eval_folder_shares_train_class_ids(tmp_path):
 def test_tfds_imagenet_under_mock_data(tmp_path):
   import tensorflow_datasets as tfds
 
-  cfg = _cfg(source="tfds", tfds_data_dir=str(tmp_path), channels=3, image_size=16,
-             num_classes=1000)
+  cfg = _tfds_cfg(tfds_data_dir=str(tmp_path), image_size=16)  # 3 channels, 1000 classes.
   # USE_CODE: imagenet2012's feature spec comes from its builder code, no files needed.
   with tfds.testing.mock_data(num_examples=10, policy=tfds.testing.MockPolicy.USE_CODE):
     src = data.make_source(cfg, "train")
@@ -378,12 +386,12 @@ def test_folder_errors(tmp_path):
 def test_tfds_errors(tmp_path):
   missing = str(tmp_path / "nowhere")
   with pytest.raises(FileNotFoundError, match=re.escape(missing)):
-    data.make_source(_cfg(source="tfds", tfds_data_dir=missing), "train")
+    data.make_source(_tfds_cfg(tfds_data_dir=missing), "train")
   # Nothing built in an empty data dir: the message carries the command that builds it.
   build = (f"tfds build imagenet2012 --manual_dir=DIR --file_format=array_record "
            f"--data_dir={tmp_path}")
   with pytest.raises(ValueError, match=re.escape(build)):
-    data.make_source(_cfg(source="tfds", tfds_data_dir=str(tmp_path)), "train")
+    data.make_source(_tfds_cfg(tfds_data_dir=str(tmp_path)), "train")
   with pytest.raises(ValueError, match="TFDS has no dataset named 'no_such_set'"):
-    data.make_source(_cfg(source="tfds", tfds_name="no_such_set", tfds_data_dir=str(tmp_path)),
+    data.make_source(_tfds_cfg(tfds_name="no_such_set", tfds_data_dir=str(tmp_path)),
                      "train")

@@ -6,15 +6,15 @@ import warnings
 import numpy as np
 import pytest
 
+from configs import photos
 from pra_jax import data
 
 SIZE = 16  # The judge tests use 16px crops: a quarter of the pixels, the same code paths.
 
 
 def _cfg(**overrides):
-  cfg = data.default_config()
-  cfg.update(dict(source="photos", image_size=32, channels=3, num_classes=10, random_flip=True,
-                  eval_split="eval"))
+  """The photos config's data section (32px RGB crops, flips on), with overrides."""
+  cfg = photos.get_config().data
   cfg.update(overrides)
   return cfg
 

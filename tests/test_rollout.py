@@ -98,7 +98,7 @@ def test_uncoupled_exact_inputs_are_the_free_sequential_rollout(batch):
   images, labels = batch
   key = jax.random.key(7)
   got = _inputs(config, model, batch, key)[1]
-  settings = sampler.SampleSettings(num_steps=config.rollout.head_sample_steps)
+  settings = sampler.SampleSettings.unguided(config.rollout.head_sample_steps)
   sample_keys = rng.split_each(rng.as_example_keys(key, len(labels)), 2)[:, 1]
   want, _ = F.rollout_fn(settings)(model, labels, sample_keys)
   assert got.shape == (8, model.num_patches - 1, model.patch_dim)

@@ -172,7 +172,9 @@ def test_image_k_is_keyed_by_seed_and_k_alone():
   """The data-parallel generator at batch 8 against generate_many at batch 4 and against
   sampler.generate given rng.example_keys for indices 3..6: the same images."""
   model = F.random_model(F.tiny_config(), seed=4)
-  settings, seed = sampler.SampleSettings(num_steps=2, cfg=2.0, cfg_schedule="linear"), 5
+  settings = sampler.SampleSettings(num_steps=2, solver="euler", cfg=2.0, cfg_schedule="linear",
+                                    temperature=1.0)
+  seed = 5
   labels = np.array([0, 3, 7, 9, 1, 1, 4, 2], np.int32)
   generator = sample_parallel.DataParallelGenerator(model, sample_parallel.sampling_mesh(),
                                                     settings, seed, 8)

@@ -18,9 +18,11 @@ LABELS = jnp.array([0, 3, 7, 9], jnp.int32)
 
 SETTINGS = {
     # num_steps = rollout.head_sample_steps: the exact input mode's sampler, compiled once.
-    "euler": sampler.SampleSettings(num_steps=4),
-    "euler_cfg_linear": sampler.SampleSettings(num_steps=4, cfg=2.0, cfg_schedule="linear"),
-    "heun_cfg_constant": sampler.SampleSettings(num_steps=3, solver="heun", cfg=2.0),
+    "euler": sampler.SampleSettings.unguided(4),
+    "euler_cfg_linear": sampler.SampleSettings(num_steps=4, solver="euler", cfg=2.0,
+                                               cfg_schedule="linear", temperature=1.0),
+    "heun_cfg_constant": sampler.SampleSettings(num_steps=3, solver="heun", cfg=2.0,
+                                                cfg_schedule="constant", temperature=1.0),
 }
 # The Heun case also decodes with the context h (test_model checks the cache under learned
 # positions: through 16 sampled patches a random model amplifies float error past 1e-4 there).
@@ -104,7 +106,8 @@ def test_null_class_path(model):
   x_null, _ = F.rollout_fn(settings)(model, null, key)
   assert float(jnp.abs(x_real - x_null).max()) > 1e-2
   # Guidance at scale 0 follows the unconditional half alone: the rollout of the null class.
-  x_uncond, _ = F.rollout_fn(sampler.SampleSettings(num_steps=4, cfg=0.0))(model, LABELS, key)
+  unconditional = dataclasses.replace(SETTINGS["euler"], cfg=0.0)
+  x_uncond, _ = F.rollout_fn(unconditional)(model, LABELS, key)
   np.testing.assert_allclose(x_uncond, x_null, atol=1e-4)
 
 
@@ -119,8 +122,8 @@ def test_bad_requests_are_rejected(model):
   with pytest.raises(ValueError, match="1-D integer array"):
     sampler.generate(model, np.zeros((2, 2), np.int32), key, settings)
   with pytest.raises(ValueError, match="cfg_schedule must be one of"):
-    sampler.SampleSettings(cfg_schedule="cosine")
+    dataclasses.replace(settings, cfg_schedule="cosine")
   with pytest.raises(ValueError, match="solver must be 'euler' or 'heun'"):
-    sampler.SampleSettings(solver="rk4")
+    dataclasses.replace(settings, solver="rk4")
   with pytest.raises(ValueError, match="num_steps must be >= 1"):
-    sampler.SampleSettings(num_steps=0)
+    dataclasses.replace(settings, num_steps=0)

@@ -12,6 +12,8 @@ from flax import nnx
 
 from pra_jax.models import attention, layers
 
+POS_EMBS = ("learned", "rope2d")
+
 
 def remat_policy(name: str):
   """'none' (keep activations), 'full' (recompute all), or a jax.checkpoint_policies name."""
@@ -93,8 +95,8 @@ class Backbone(nnx.Module):
 
   def __init__(self, cfg, *, patch_dim: int, grid: tuple[int, int], num_classes: int,
                rngs: nnx.Rngs):
-    if cfg.pos_emb not in ("learned", "rope2d"):
-      raise ValueError(f"backbone.pos_emb must be 'learned' or 'rope2d', got {cfg.pos_emb!r}")
+    if cfg.pos_emb not in POS_EMBS:
+      raise ValueError(f"backbone.pos_emb must be one of {POS_EMBS}, got {cfg.pos_emb!r}")
     self.cfg = cfg
     self.num_patches = grid[0] * grid[1]
     self.cache_len = cfg.num_class_tokens + self.num_patches - 1

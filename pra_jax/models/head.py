@@ -13,6 +13,8 @@ from pra_jax import rng
 from pra_jax.models import layers
 
 PREDICTIONS = ("v", "x", "eps")
+TIME_SAMPLINGS = ("uniform", "logit_normal")
+SOLVERS = ("euler", "heun")  # The ODE integrators of `sample`.
 # The network's x or eps prediction is turned into a velocity by dividing by (1 - t) or t; the
 # clip keeps that finite at the ends of the time range.
 _T_CLIP = 0.05
@@ -84,8 +86,7 @@ def sample_time(key, shape, cfg):
     return jax.random.uniform(key, shape)
   if cfg.time_sampling == "logit_normal":
     return jax.nn.sigmoid(cfg.logit_mean + cfg.logit_std * jax.random.normal(key, shape))
-  raise ValueError(f"head.time_sampling must be 'uniform' or 'logit_normal', "
-                   f"got {cfg.time_sampling!r}")
+  raise ValueError(f"head.time_sampling must be one of {TIME_SAMPLINGS}, got {cfg.time_sampling!r}")
 
 
 def flow_loss(head: FlowHead, target_MZ, h_MD, key):
@@ -126,8 +127,8 @@ def sample(head: FlowHead, h_MD, noise_MZ, *, num_steps: int, solver: str = "eul
   velocities, v = v_u + s (v_c - v_u), from one batched head call on [cond; uncond] that shares
   the same z_t; `cfg_scale` may be a scalar or a per-position [M] array.
   """
-  if solver not in ("euler", "heun"):
-    raise ValueError(f"sampler solver must be 'euler' or 'heun', got {solver!r}")
+  if solver not in SOLVERS:
+    raise ValueError(f"sampler solver must be one of {SOLVERS}, got {solver!r}")
   if num_steps < 1:
     raise ValueError(f"sampler num_steps must be >= 1, got {num_steps}")
   if isinstance(t0, (int, float)) and not 0.0 <= t0 <= 1.0:

@@ -14,11 +14,14 @@ from flax.core import spmd as flax_spmd
 from jax.sharding import PartitionSpec
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+DTYPE_NAMES = tuple(DTYPES)  # The allowed values of every *.dtype / *.param_dtype field.
+NORMS = ("rmsnorm", "layernorm")
+MLP_TYPES = ("swiglu", "gelu")
 
 
 def dtype_of(name: str):
-  if name not in DTYPES:
-    raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {name!r}")
+  if name not in DTYPE_NAMES:
+    raise ValueError(f"dtype must be one of {DTYPE_NAMES}, got {name!r}")
   return DTYPES[name]
 
 
@@ -75,7 +78,7 @@ def norm(kind: str, features: int, *, rngs: nnx.Rngs, axis_name: str | None = "e
         features, epsilon=1e-6, use_scale=affine, use_bias=affine, scale_init=scale_init,
         bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), (axis_name,)),
         dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-  raise ValueError(f"norm must be 'rmsnorm' or 'layernorm', got {kind!r}")
+  raise ValueError(f"norm must be one of {NORMS}, got {kind!r}")
 
 
 class Mlp(nnx.Module):
@@ -83,8 +86,8 @@ class Mlp(nnx.Module):
 
   def __init__(self, d: int, hidden: int, kind: str, *, rngs: nnx.Rngs, dtype, param_dtype,
                axes=("embed", "mlp")):
-    if kind not in ("swiglu", "gelu"):
-      raise ValueError(f"mlp_type must be 'swiglu' or 'gelu', got {kind!r}")
+    if kind not in MLP_TYPES:
+      raise ValueError(f"mlp_type must be one of {MLP_TYPES}, got {kind!r}")
     self.kind = kind
     kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
     self.up = dense(d, hidden, axes, **kw)
