@@ -19,6 +19,8 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
+from pra_jax import files
+
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "config_history.jsonl"
 
@@ -178,9 +180,7 @@ def record_config(plan: WorkdirPlan, step: int) -> None:
       with open(os.path.join(workdir, HISTORY_FILE), "a") as f:
         f.write(json.dumps(line, sort_keys=True) + "\n")
     path = os.path.join(workdir, CONFIG_FILE)
-    with open(path + ".tmp", "w") as f:
-      json.dump(plan.config, f, indent=2, sort_keys=True)
-    os.replace(path + ".tmp", path)
+    files.write_json(path, plan.config, indent=2, sort_keys=True)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices("pra_jax recorded the config")

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from pra_jax import run_state, sampler
+from pra_jax import files, run_state, sampler
 
 
 def image_grid(images_BHWC: np.ndarray, rows: int) -> np.ndarray:
@@ -25,9 +25,7 @@ def save_png(grid_HWC: np.ndarray, path: str, scale: int = 1) -> None:
   img = Image.fromarray(grid_HWC[..., 0] if grid_HWC.shape[-1] == 1 else grid_HWC)
   if scale > 1:
     img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-  tmp = path + ".tmp.png"
-  img.save(tmp)
-  os.replace(tmp, path)
+  files.save_png(img, path)
 
 
 def class_rows(classes, per_class: int) -> np.ndarray:

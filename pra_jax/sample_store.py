@@ -22,6 +22,8 @@ import zipfile
 
 import numpy as np
 
+from pra_jax import files
+
 MANIFEST = "manifest.json"
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # The zip format's earliest date: no clock in the bytes.
 
@@ -39,16 +41,7 @@ def check_path(path: str, what: str) -> None:
 
 def _commit(path: str, write) -> None:
   """Runs write(file) into path's temporary twin, flushes it to disk and renames it into place."""
-  tmp = f"{path}.tmp.{os.getpid()}"
-  try:
-    with open(tmp, "wb") as f:
-      write(f)
-      f.flush()
-      os.fsync(f.fileno())
-  except BaseException:
-    os.remove(tmp)
-    raise
-  os.replace(tmp, path)
+  files.atomic_write(path, write, durable=True)
 
 
 def _npy_header(shape, dtype) -> bytes:

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from pra_jax import rng
+from pra_jax import batching, rng
 from pra_jax.models import head as head_lib
 
 CFG_SCHEDULES = ("constant", "linear")
@@ -150,13 +150,7 @@ def generate_many(model, labels: np.ndarray, key, settings, batch_size: int,
   """uint8 images for any number of labels, in fixed-size batches (one compile). Image k draws
   from rng.example_keys(key, ..., first_index=k): the batch size does not change it.
   `check_stop()`, if given, runs before every batch (it raises to abandon the work)."""
-  out = []
-  for start in range(0, len(labels), batch_size):
-    if check_stop is not None:
-      check_stop()
-    chunk = labels[start:start + batch_size]
-    padded = np.pad(chunk, (0, batch_size - len(chunk)), mode="edge")
-    keys = rng.example_keys(key, batch_size, first_index=start)
-    images = generate(model, padded, keys, settings)
-    out.append(np.asarray(jax.device_get(images))[:len(chunk)])
-  return np.concatenate(out)
+  return batching.map_rows(
+      lambda start, labels_B: jax.device_get(generate(
+          model, labels_B, rng.example_keys(key, batch_size, first_index=start), settings)),
+      batch_size, np.asarray(labels), check_stop=check_stop)

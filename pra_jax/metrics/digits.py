@@ -5,7 +5,6 @@ Trained once per image size on the fixed 'train' split, cached as an .npz, score
 
 import functools
 import os
-import tempfile
 import warnings
 import zipfile
 
@@ -16,6 +15,7 @@ import optax
 from flax import nnx
 from flax import traverse_util
 
+from pra_jax import batching, files
 from pra_jax.data import DIGITS_NUM_CLASSES, load_digits_split
 from pra_jax.metrics.fid import feature_statistics, frechet_distance
 
@@ -159,15 +159,7 @@ def _save(model: DigitsClassifier, path: str) -> None:
   """Writes the params to a temp file in the same folder, then renames: readers never see half."""
   params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
   flat = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(params, sep="/").items()}
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".npz.tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, **flat)
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
+  files.atomic_write(path, lambda f: np.savez(f, **flat))
 
 
 def load_params(path: str, make_model):
@@ -232,16 +224,9 @@ def classifier_outputs(model: DigitsClassifier,
     raise ValueError(f"classifier reads [n, {model.image_size}, {model.image_size}, 1] images, "
                      f"got shape {images.shape}")
   graphdef, state = nnx.split(model)
-  logits, feats = [], []
-  for start in range(0, len(images), _EVAL_BATCH):
-    batch = images[start:start + _EVAL_BATCH]
-    # Pad the last batch so every call reuses one compiled shape.
-    pad = _EVAL_BATCH - len(batch)
-    padded = np.concatenate([batch, np.zeros((pad,) + batch.shape[1:], batch.dtype)])
-    lo, fe = _forward(graphdef, state, padded)
-    logits.append(np.asarray(lo)[:len(batch)])
-    feats.append(np.asarray(fe)[:len(batch)])
-  return np.concatenate(logits), np.concatenate(feats)
+  # Fixed-size batches: every call reuses one compiled shape.
+  return batching.map_rows(lambda _, images_B: _forward(graphdef, state, images_B), _EVAL_BATCH,
+                           images)
 
 
 def classifier_features(model: DigitsClassifier, images: np.ndarray) -> np.ndarray:

@@ -18,6 +18,7 @@ from jax import lax
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 from PIL import Image
 
+from pra_jax import batching, files
 from pra_jax.metrics import inception
 
 
@@ -285,11 +286,7 @@ def map_batches(fn, images, batch_size: int, mesh: jax.sharding.Mesh | None = No
   outputs, pending = [], None
   start_time = last_log = time.time()
   talk = jax.process_index() == 0
-  for start in range(0, n, batch_size):
-    batch = np.asarray(images[start:start + batch_size])
-    count = batch.shape[0]
-    if count < batch_size:
-      batch = np.concatenate([batch, np.repeat(batch[-1:], batch_size - count, axis=0)])
+  for start, count, (batch,) in batching.padded_batches(batch_size, images):
     result = fn(jax.device_put(batch, sharding) if sharding is not None else jnp.asarray(batch))
     if pending is not None:
       outputs.append(tuple(np.asarray(r)[:pending[1]] for r in pending[0]))
@@ -421,10 +418,7 @@ def compute_reference(images, model: inception.InceptionV3, out_path: str,
   keep = np.sort(np.random.default_rng(seed).permutation(len(images))[:num_pr_images])
   if len(keep):
     ref["arr_0"] = images[keep]
-  tmp = out_path + ".tmp"
-  with open(tmp, "wb") as f:
-    np.savez(f, **ref)
-  os.replace(tmp, out_path)  # A reader never sees half a file.
+  files.atomic_write(out_path, lambda f: np.savez(f, **ref))
   logging.info("reference batch %s: statistics of %d images, %d kept as arr_0", out_path,
                len(images), len(keep))
   return ref

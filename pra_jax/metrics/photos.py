@@ -22,6 +22,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from pra_jax import batching
 from pra_jax.data import PHOTOS_NUM_CLASSES, load_photos_split
 from pra_jax.metrics.digits import cached_classifier, load_params, to_unit_range
 from pra_jax.metrics.fid import feature_statistics, frechet_distance
@@ -148,15 +149,9 @@ def classifier_outputs(model: PhotosClassifier, images) -> tuple[np.ndarray, np.
   """(logits [n, 10], features [n, FEATURE_DIM]) as float32 numpy, in fixed-size batches."""
   images = np.asarray(images)
   graphdef, state = nnx.split(model)
-  logits, feats = [], []
-  for start in range(0, len(images), _EVAL_BATCH):
-    batch = images[start:start + _EVAL_BATCH]
-    padded = np.concatenate([batch, np.zeros((_EVAL_BATCH - len(batch),) + batch.shape[1:],
-                                             batch.dtype)])
-    lo, fe = _forward(graphdef, state, padded)
-    logits.append(np.asarray(lo)[:len(batch)])
-    feats.append(np.asarray(fe)[:len(batch)])
-  return np.concatenate(logits), np.concatenate(feats)
+  # Fixed-size batches: every call reuses one compiled shape.
+  return batching.map_rows(lambda _, images_B: _forward(graphdef, state, images_B), _EVAL_BATCH,
+                           images)
 
 
 def _validate(images, labels) -> tuple[np.ndarray, np.ndarray]:

@@ -20,10 +20,9 @@ from typing import Any
 import jax
 import numpy as np
 from absl import logging
-from PIL import Image, ImageDraw
 
 from pra_jax import checkpoint, data, grids, run_state, sampler, sharding
-from pra_jax.studies import gap
+from pra_jax.studies import gap, report
 
 MODES = ("teacher", "pixel_noise", "recon", "pra", "head_sample", "exact", "direct_x", "direct_v")
 DEFAULT_SIGMAS = (0.25, 0.5, 1.0, 2.0)
@@ -177,10 +176,7 @@ def _read_json(path):
 
 
 def _write_json(path, obj):
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1)
-  os.replace(tmp, path)
+  files.write_json(path, obj, indent=1)
 
 
 def _final_step_saved(config, workdir: str) -> bool:
@@ -297,20 +293,6 @@ def real_reference(config, ev: Eval, judge_cache: str) -> dict:
 
 # ----------------------------------------------------------------------------- outputs
 
-def _fmt(value, spec):
-  return "n/a" if value is None else format(value, spec)
-
-
-def _mean_std(values, spec: str) -> str:
-  """'m' for one value, 'm +- s' (sample std) for several; n/a if there is none."""
-  values = [v for v in values if v is not None and np.isfinite(v)]
-  if not values:
-    return "n/a"
-  if len(values) == 1:
-    return format(values[0], spec)
-  return f"{np.mean(values):{spec}} +- {np.std(values, ddof=1):{spec}}"
-
-
 def _row_values(r: dict) -> dict:
   """The per-run numbers of the table (None where the run failed)."""
   if r["error"]:
@@ -381,7 +363,7 @@ def write_table(path: str, rows: list[dict], base, num_steps: int, ev: Eval, ref
       label = name if first["run_dir"] == first["name"] else f"{name} (= {first['run_dir']})"
       failed = [m for m in members if m["error"]]
       values = [_row_values(m) for m in members if not m["error"]]
-      cells = [_mean_std([v[c] for v in values], spec) for c, spec in _COLUMNS]
+      cells = [report.mean_std([v[c] for v in values], spec) for c, spec in _COLUMNS]
       errors = ", ".join(m["name"] + ": " + m["error"] for m in failed)
       note = f" (failed: {errors})" if failed else ""
       lines.append(f"| {label} | {first['changed']}{note} | {len(values)} | {first['steps']} | "
@@ -390,7 +372,7 @@ def write_table(path: str, rows: list[dict], base, num_steps: int, ev: Eval, ref
         for m in members:
           v = _row_values(m)
           details.append(f"| {m['name']} | {m['seed']} | " + (
-              " | ".join(_fmt(v.get(c), spec) for c, spec in _COLUMNS) if v else
+              " | ".join(report.fmt(v.get(c), spec) for c, spec in _COLUMNS) if v else
               f"failed: {m['error']} | | | | | |") + " |")
   if details:
     lines += ["", "Per seed:", "",
@@ -401,35 +383,13 @@ def write_table(path: str, rows: list[dict], base, num_steps: int, ev: Eval, ref
             f"or scored are reused, so this can be less than the sum above; a resumed run's "
             f"train wall counts only the invocation that finished it). Per-run gap plots: "
             f"<run>/gap/; samples: ablation.png (a panel per run, a row per class).", ""]
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.write("\n".join(lines))
-  os.replace(tmp, path)
+  files.write_text(path, "\n".join(lines))
 
 
 def write_figure(path: str, panels: list[tuple[str, np.ndarray]], scale: int = 2,
                  per_row: int = 7) -> None:
   """Labelled sample grids side by side, wrapped after per_row panels."""
-  grids = [Image.fromarray(g[..., 0] if g.shape[-1] == 1 else g).convert("RGB") for _, g in panels]
-  grids = [g.resize((g.width * scale, g.height * scale), Image.NEAREST) for g in grids]
-  font = gap.label_font(12)
-  label_w = max(ImageDraw.Draw(grids[0]).textlength(name, font=font) for name, _ in panels)
-  w = max(max(g.width for g in grids), int(label_w) + 2)
-  h = max(g.height for g in grids)
-  label_h, pad = 18, 8
-  cols = min(per_row, len(grids))
-  rows = -(-len(grids) // cols)
-  canvas = Image.new("RGB", (cols * (w + pad) + pad, rows * (h + label_h + pad) + pad),
-                     (255, 255, 255))
-  draw = ImageDraw.Draw(canvas)
-  for i, ((name, _), grid) in enumerate(zip(panels, grids)):
-    r, c = divmod(i, cols)
-    x, y = pad + c * (w + pad), pad + r * (h + label_h + pad)
-    draw.text((x, y), name, fill=(0, 0, 0), font=font)
-    canvas.paste(grid, (x, y + label_h))
-  tmp = path + ".tmp.png"
-  canvas.save(tmp)
-  os.replace(tmp, path)
+  files.save_png(report.labelled_panels(panels, scale, per_row), path)
 
 
 def _class_grid(images: np.ndarray, labels: np.ndarray, num_classes: int, per_class: int):
@@ -467,7 +427,7 @@ def _one_run(run: Run, base, workdir: str, run_dir: str, num_steps: int, ev: Eva
           f"({trained['wall_s'] / num_steps:.3f} s/step with compile)", flush=True)
   else:
     print(f"[ablate] {run.name}: final checkpoint found in {rundir}, not retrained "
-          f"(trained in {_fmt(trained['wall_s'], '.1f')} s)", flush=True)
+          f"(trained in {report.fmt(trained['wall_s'], '.1f')} s)", flush=True)
   scores = score_run(config, rundir, ev, judge_cache)
   g = scores["gap"]
   print(f"[ablate] {run.name}: acc {scores['accuracy']:.3f}, FD {scores['fd']:.2f} "

@@ -44,10 +44,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
-from pra_jax import data, rollout, run_state, sampler, sharding
+from pra_jax import batching, data, files, rollout, run_state, sampler, sharding
 from pra_jax.models import head as head_lib
+from pra_jax.studies import report
 
 KINDS = ("teacher", "other", "head_sample", "exact") + tuple(
     m for m in rollout.MODES if m not in ("teacher", "head_sample", "exact"))
@@ -143,13 +144,10 @@ def measure(model, images, labels, key, config, *, num_steps: int | None = None,
   num_calls = max(1, math.ceil(noise_draws / model.head.cfg.num_draws))
   batch_size = min(batch_size, len(labels))
   per_image = {k: [] for k in kinds}
-  for start in range(0, len(labels), batch_size):
-    chunk = slice(start, start + batch_size)
-    n_real = len(labels[chunk])
-    pad = lambda a: np.concatenate([a, np.repeat(a[-1:], batch_size - len(a), axis=0)])
-    out = _gap_batch(model, jnp.asarray(pad(images[chunk])), jnp.asarray(pad(others[chunk])),
-                     jnp.asarray(pad(labels[chunk])), jax.random.fold_in(key, start), configs,
-                     num_calls, num_rollouts, step)
+  for start, n_real, (images_B, others_B, labels_B) in batching.padded_batches(
+      batch_size, images, others, labels):
+    out = _gap_batch(model, jnp.asarray(images_B), jnp.asarray(others_B), jnp.asarray(labels_B),
+                     jax.random.fold_in(key, start), configs, num_calls, num_rollouts, step)
     for k in kinds:
       per_image[k].append(np.asarray(out[k], np.float64)[:n_real])
   result = {"position": np.arange(model.num_patches), "num_images": len(labels),
@@ -200,79 +198,24 @@ def summary_line(result: dict) -> str:
 
 # ----------------------------------------------------------------------------- plot and logs
 
-_COLOURS = {"teacher": (31, 119, 180), "other": (127, 127, 127), "head_sample": (255, 127, 14),
-            "exact": (44, 160, 44), "pixel_noise": (214, 39, 40), "recon": (148, 103, 189),
-            "pra": (140, 86, 75)}
-
-
-def label_font(size: int):
-  try:
-    return ImageFont.load_default(size=size)
-  except TypeError:  # Pillow without FreeType: the fixed bitmap font.
-    return ImageFont.load_default()
-
-
-def _panel(draw, box, series: dict, title: str, font, reference: float | None = None):
-  """Draws {name: (x, y, err)} as lines with error bars inside box = (left, top, right, bottom)."""
-  left, top, right, bottom = box
-  xs = np.concatenate([s[0] for s in series.values()])
-  lows = np.concatenate([s[1] - s[2] for s in series.values()])
-  highs = np.concatenate([s[1] + s[2] for s in series.values()])
-  if reference is not None:
-    lows, highs = np.append(lows, reference), np.append(highs, reference)
-  y_lo, y_hi = float(lows.min()), float(highs.max())
-  if y_hi - y_lo < 1e-9:
-    y_lo, y_hi = y_lo - 0.5, y_hi + 0.5
-  margin = 0.05 * (y_hi - y_lo)
-  y_lo, y_hi = y_lo - margin, y_hi + margin
-  x_lo, x_hi = float(xs.min()), float(max(xs.max(), xs.min() + 1))
-  px = lambda x: left + (x - x_lo) / (x_hi - x_lo) * (right - left)
-  py = lambda y: bottom - (y - y_lo) / (y_hi - y_lo) * (bottom - top)
-  draw.rectangle(box, outline=(0, 0, 0))
-  draw.text((left, top - 36), title, fill=(0, 0, 0), font=font)
-  for frac in np.linspace(0, 1, 5):
-    y = y_lo + frac * (y_hi - y_lo)
-    draw.line([(left - 4, py(y)), (left, py(y))], fill=(0, 0, 0))
-    draw.text((left - 52, py(y) - 6), f"{y:.3g}", fill=(0, 0, 0), font=font)
-  for x in range(int(x_lo), int(x_hi) + 1, max(1, int(x_hi - x_lo) // 8)):
-    draw.line([(px(x), bottom), (px(x), bottom + 4)], fill=(0, 0, 0))
-    draw.text((px(x) - 4, bottom + 6), str(x), fill=(0, 0, 0), font=font)
-  if reference is not None:
-    draw.line([(left, py(reference)), (right, py(reference))], fill=(160, 160, 160))
-  for i, (name, (x, y, err)) in enumerate(series.items()):
-    colour = _COLOURS.get(name.split("/")[0], (0, 0, 0))
-    points = [(px(a), py(b)) for a, b in zip(x, y)]
-    draw.line(points, fill=colour, width=2)
-    for (a, b), e in zip(points, err):
-      half = e / (y_hi - y_lo) * (bottom - top)
-      draw.line([(a, b - half), (a, b + half)], fill=colour)
-      draw.ellipse([a - 2, b - 2, a + 2, b + 2], fill=colour)
-    # The legend sits between the title and the panel's right end, clear of the curves.
-    x_key = right - 110 * (len(series) - i)
-    draw.line([(x_key, top - 11), (x_key + 20, top - 11)], fill=colour, width=2)
-    draw.text((x_key + 25, top - 18), name, fill=(0, 0, 0), font=font)
-
-
 def plot(result: dict, path: str, title: str = "") -> np.ndarray:
   """Head loss per position (top) and its ratio to teacher forcing (bottom): a PNG; returns it."""
   kinds = [k for k in KINDS if k in result]
   x = result["position"]
   img = Image.new("RGB", (760, 580), (255, 255, 255))
   draw = ImageDraw.Draw(img)
-  font = label_font(12)
-  draw.text((70, 6), title or "train-inference gap", fill=(0, 0, 0), font=label_font(14))
-  _panel(draw, (70, 70, 740, 270),
-         {k: (x, result[k], result[f"{k}_stderr"]) for k in kinds},
-         "head loss per position (+- stderr over images)", font)
+  font = report.label_font(12)
+  draw.text((70, 6), title or "train-inference gap", fill=(0, 0, 0),
+            font=report.label_font(14))
+  report.line_panel(draw, (70, 70, 740, 270),
+                    {k: (x, result[k], result[f"{k}_stderr"]) for k in kinds},
+                    "head loss per position (+- stderr over images)", font)
   ratios = {k: (x, result[f"ratio_{k}"], np.zeros_like(x, float)) for k in kinds[1:]}
   if ratios:
-    _panel(draw, (70, 340, 740, 530), ratios, "ratio to the teacher-forced loss (other: the "
-           "control)", font, reference=1.0)
+    report.line_panel(draw, (70, 340, 740, 530), ratios,
+                      "ratio to the teacher-forced loss (other: the control)", font, reference=1.0)
   draw.text((320, 555), "patch position (raster order)", fill=(0, 0, 0), font=font)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + ".tmp.png"
-  img.save(tmp)
-  os.replace(tmp, path)
+  files.save_png(img, path)
   return np.asarray(img)
 
 

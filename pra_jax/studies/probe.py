@@ -42,13 +42,11 @@ def backbone_features(model, images: np.ndarray, layer: int | Sequence[int] = -1
   """Mean-pooled features [n, D * len(layers)] of every image: one block's, or several blocks'
   concatenated (the last batch padded, then trimmed)."""
   layers = (layer,) if isinstance(layer, int) else tuple(layer)
-  out = []
-  for start in range(0, len(images), batch_size):
-    chunk = images[start:start + batch_size]
-    padded = jnp.asarray(np.pad(chunk, [(0, batch_size - len(chunk))] + [(0, 0)] * 3, mode="edge"))
-    out.append(np.concatenate([np.asarray(_pooled_features(model, padded, l))[:len(chunk)]
-                               for l in layers], axis=-1))
-  return np.concatenate(out)
+  return batching.map_rows(
+      lambda _, images_B: np.concatenate(
+          [np.asarray(_pooled_features(model, jnp.asarray(images_B), l)) for l in layers],
+          axis=-1),
+      batch_size, images)
 
 
 # Long enough that both probes fit their training split (raw digits pixels reach 100% train
