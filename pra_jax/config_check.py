@@ -176,6 +176,19 @@ def _get(config, dotted):
   return node
 
 
+def set_field(config, dotted: str, value) -> None:
+  """config['a.b.c'] = value for a field the schema has (an unknown one is a KeyError naming
+  it, never a new field); a whole float for an int field is cast (a sweep's 8.0 -> 8)."""
+  try:
+    old = _get(config, dotted)
+  except (KeyError, AttributeError):
+    raise KeyError(f"config has no field {dotted!r}") from None
+  if (isinstance(old, int) and not isinstance(old, bool) and isinstance(value, float)
+      and value.is_integer()):
+    value = int(value)
+  config.update_from_flattened_dict({dotted: value})
+
+
 def validate(config) -> None:
   for key, allowed in _CHOICES.items():
     value = _get(config, key)

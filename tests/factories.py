@@ -13,7 +13,7 @@ import numpy as np
 from flax import nnx
 
 from configs import tiny
-from pra_jax import data, loss, run_state, sampler, sharding
+from pra_jax import config_check, data, loss, run_state, sampler, sharding
 from pra_jax.models import pra
 
 # At these sizes XLA's compile time dominates every test and its optimisation passes buy nothing:
@@ -36,13 +36,7 @@ def tiny_config(**overrides):
   """The tiny config with dotted-path overrides, e.g. tiny_config(**{'rollout.mode': 'exact'})."""
   c = tiny.get_config()
   for path, value in overrides.items():
-    *parents, leaf = path.split(".")
-    node = c
-    for p in parents:
-      node = node[p]
-    if leaf not in node:
-      raise KeyError(f"tiny config has no field {path!r}")
-    node[leaf] = value
+    config_check.set_field(c, path, value)
   return c
 
 

@@ -94,18 +94,6 @@ class Run:
 
 # ----------------------------------------------------------------------------- the runs
 
-def _set(config, dotted: str, value):
-  *parents, leaf = dotted.split(".")
-  node = config
-  for p in parents:
-    node = node[p]
-  if leaf not in node:
-    raise KeyError(f"config has no field {dotted!r}")
-  old = node[leaf]
-  node[leaf] = type(old)(value) if isinstance(old, (int, float)) and not isinstance(old, bool) \
-      else value
-
-
 def mode_run(mode: str, base) -> Run:
   r = base.rollout
   law = (f"sigma={r.sigma:g}" if r.sigma_law == "fixed" else
@@ -155,7 +143,7 @@ def run_config(base, run: Run, num_steps: int):
   """The base config with the run's overrides and the study's common training budget."""
   c = base.copy_and_resolve_references()
   for key, value in run.overrides:
-    _set(c, key, value)
+    config_check.set_field(c, key, value)
   c.seed = base.seed + run.seed
   t = c.train
   t.num_steps = num_steps
