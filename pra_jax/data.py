@@ -470,16 +470,6 @@ def make_source(data_cfg: ml_collections.ConfigDict, split: str) -> Source:
   return TfdsSource(data_cfg, split, _open_tfds(data_cfg, split))
 
 
-def dataset_info(data_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
-  """Sizes of both splits, the class count and the image shape the pipeline produces."""
-  return {
-      "num_train_examples": len(make_source(data_cfg, data_cfg.train_split)),
-      "num_eval_examples": len(make_source(data_cfg, data_cfg.eval_split)),
-      "num_classes": data_cfg.num_classes,
-      "image_shape": (data_cfg.image_size, data_cfg.image_size, data_cfg.channels),
-  }
-
-
 # ---------------------------------------------------------------------------------------------
 # grain iterators.
 # ---------------------------------------------------------------------------------------------

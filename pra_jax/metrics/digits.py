@@ -29,7 +29,6 @@ FEATURE_DIM = 64
 _EVAL_BATCH = 512
 
 # Counts calls to train_classifier, so tests can tell a cache hit from a retrain without timing.
-TRAIN_CALLS = 0
 
 
 def _resample(x_BSS1: jax.Array) -> jax.Array:
@@ -126,8 +125,6 @@ def _create(image_size: int, seed, tx) -> tuple[DigitsClassifier, nnx.Optimizer]
 def train_classifier(image_size: int, seed: int = 0, num_epochs: int = 20,
                      batch_size: int = 100, learning_rate: float = 3e-3) -> DigitsClassifier:
   """Trains a fresh classifier on the 'train' split; deterministic given the seed."""
-  global TRAIN_CALLS
-  TRAIN_CALLS += 1
   images, labels = load_digits_split("train", image_size)
   steps_per_epoch = len(labels) // batch_size
   tx = _adam(learning_rate, num_epochs * steps_per_epoch)
@@ -155,7 +152,7 @@ def cache_path(cache_dir: str, image_size: int, seed: int = 0) -> str:
   return os.path.join(cache_dir, f"digits_classifier_v{CACHE_VERSION}_s{image_size}_seed{seed}.npz")
 
 
-def _save(model: DigitsClassifier, path: str) -> None:
+def save_params(model: DigitsClassifier, path: str) -> None:
   """Writes the params to a temp file in the same folder, then renames: readers never see half."""
   params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
   flat = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(params, sep="/").items()}
@@ -163,7 +160,7 @@ def _save(model: DigitsClassifier, path: str) -> None:
 
 
 def load_params(path: str, make_model):
-  """Params written by _save, loaded into make_model()'s structure (the judges share it);
+  """Params written by save_params, loaded into make_model()'s structure (the judges share it);
   ValueError if they do not fit exactly."""
   # Shapes only: the stored values replace every leaf, so nothing needs initialising.
   graphdef, state = nnx.split(nnx.eval_shape(make_model))
@@ -192,7 +189,7 @@ def cached_classifier(path: str, load, train, what: str):
       warnings.warn(f"{what} classifier cache {path} is unreadable ({e}); retraining",
                     RuntimeWarning, stacklevel=3)
   model = train()
-  _save(model, path)
+  save_params(model, path)
   return model
 
 

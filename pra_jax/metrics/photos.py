@@ -31,7 +31,6 @@ from pra_jax.metrics.fid import feature_statistics, frechet_distance
 CACHE_VERSION = 1
 FEATURE_DIM = 64
 _EVAL_BATCH = 512
-TRAIN_CALLS = 0  # Counts trainings, so tests can tell a cache hit from a retrain.
 
 
 class PhotosClassifier(nnx.Module):
@@ -99,8 +98,6 @@ def _create(image_size: int, seed, tx):
 def train_classifier(image_size: int, seed: int = 0, num_epochs: int = 8, batch_size: int = 128,
                      learning_rate: float = 2e-3) -> PhotosClassifier:
   """Trains a fresh judge on the training crops; deterministic given the seed."""
-  global TRAIN_CALLS
-  TRAIN_CALLS += 1
   images, labels = load_photos_split("train", image_size)
   steps_per_epoch = len(labels) // batch_size
   tx = _adam(learning_rate, num_epochs * steps_per_epoch)
