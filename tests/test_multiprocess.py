@@ -15,40 +15,13 @@ import re
 import struct
 import subprocess
 import sys
-import textwrap
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(REPO, "launch", "local_multiprocess.sh")
 OVERRIDES = ("--config.train.lr_schedule=constant", "--config.train.log_every=1",
              "--config.checkpoint.every=2")
 
-_REFERENCE = textwrap.dedent("""
-    import json, sys
-    import jax, jax.numpy as jnp, numpy as np
-    from flax import nnx
-    from configs import tiny
-    from pra_jax import data, run_state, sharding
-
-    config = tiny.get_config()
-    config.train.lr_schedule = "constant"
-    num_steps, num_processes = int(sys.argv[1]), int(sys.argv[2])
-    mesh = sharding.single_device_mesh()
-    graphdef, state = nnx.split(run_state.create_bundle(config, mesh))
-    step_fn = run_state.jit_train_step(graphdef, state, config)
-    shards = [data.make_train_iterator(
-        config.data, local_batch_size=config.train.batch_size // num_processes,
-        seed=config.seed, process_index=i, process_count=num_processes)
-        for i in range(num_processes)]
-    totals = {}
-    with sharding.use_mesh(mesh):
-      for step in range(1, num_steps + 1):
-        parts = [next(it) for it in shards]
-        batch = {k: np.concatenate([p[k] for p in parts]) for k in ("image", "label")}
-        batch = sharding.global_batch(batch, mesh)
-        state, metrics = step_fn(state, batch["image"], batch["label"])
-        totals[step] = float(metrics["train/total"])
-    print("RESULT" + json.dumps(totals))
-""")
+_REFERENCE = os.path.join(REPO, "tests", "programs", "one_process_reference.py")
 
 
 def _env():
@@ -101,7 +74,7 @@ def test_two_processes_match_one_and_resume_together(tmp_path):
   workdir = str(tmp_path / "run")
   env = _env()
   # The reference runs alongside the first two-process run.
-  reference = subprocess.Popen([sys.executable, "-c", _REFERENCE, "6", "2"], cwd=REPO,
+  reference = subprocess.Popen([sys.executable, _REFERENCE, "6", "2"], cwd=REPO,
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
   _finish(_launch(workdir, 4, env))

@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
@@ -16,17 +15,7 @@ from pra_jax.tools import fake_devices
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # plan() imported by a program that set up its own fake devices before importing jax.
-_API = textwrap.dedent("""
-    import json, os
-    os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=2"
-    from configs import tiny
-    from pra_jax import memory_plan as plan
-    config = tiny.get_config()
-    results = [plan.plan(config, 2, {"data": 2})]
-    config.train.grad_accum_steps = 4  # One example per device at a time.
-    results.append(plan.plan(config, 2, {"data": 2}))
-    print("RESULT" + json.dumps(results))
-""")
+_API = os.path.join(REPO, "tests", "programs", "plan_two_devices.py")
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +31,7 @@ def outputs():
   cli = run(["-m", "pra_jax.tools.plan", "--config=configs/tiny.py", "--devices=2",
              "--mesh=data=1,fsdp=2,tensor=1", "--batch=8", "--accum=2", "--remat=full",
              "--budget_gib=0.5"])
-  api = run(["-c", _API])
+  api = run([_API])
   outs = []
   for proc in (cli, api):
     out, err = proc.communicate(timeout=600)
