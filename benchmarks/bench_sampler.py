@@ -4,8 +4,8 @@ throughput at a batch that fills the machine, with its FLOP utilisation.
 
   python benchmarks/bench_sampler.py --config=benchmarks/mid.py
 
-Both totals time sampler.rollout to uint8 images as sampler.generate runs it (one compiled loop
-over all positions, compiled ahead of time and excluded). The per-token times come from the
+Both totals time sampler.sample_patches to uint8 images as sampler.generate runs it (one compiled
+loop over all positions, compiled ahead of time and excluded). The per-token times come from the
 same work done one position per call: a KV-cached backbone step, the head's ODE (with CFG when
 sample.cfg != 1) and the pixel decoder. Throughput runs what python -m pra_jax.sample runs (the
 data-parallel generator over every local device) at --throughput_batch images per call; its
@@ -42,12 +42,12 @@ FLAT_TARGET = 1.5
 
 
 def compiled_sampler(model, labels, key, settings):
-  """sampler.rollout to uint8 images, as sampler.generate runs it, compiled before any call."""
+  """sampler.sample_patches to uint8 images, as sampler.generate runs it, compiled up front."""
   graphdef, state = nnx.split(model)
 
   def generate(state, labels):
     m = nnx.merge(graphdef, state)
-    return m.to_images(sampler.rollout(m, labels, key, settings)[0])
+    return m.to_images(sampler.sample_patches(m, labels, key, settings)[0])
 
   labels = jnp.asarray(sampler.check_labels(labels, model.num_classes))
   compiled = jax.jit(generate).lower(state, labels).compile()
@@ -72,7 +72,7 @@ def sampler_matmul_peak(dtype, sizes=(512, 1024, 2048), repeats: int = 5) -> tup
 
 
 def sampler_flops(config, settings: sampler.SampleSettings) -> dict[str, float]:
-  """Analytic FLOPs of generating one image, as sampler.rollout computes it.
+  """Analytic FLOPs of generating one image, as sampler.sample_patches computes it.
 
   Matrix multiplies only (2 FLOPs per multiply-add). Rows per image: 2 when guided ([cond;
   uncond]) through the backbone and the head, 1 through the decoder. Backbone: the class tokens

@@ -127,7 +127,7 @@ def build_inputs(model, x_BNP, z_BNZ, y_B, key, step, config):
   elif r.mode == "exact":
     settings = sampler.SampleSettings.unguided(r.head_sample_steps)
     # The states of the last patch are never an input: its start is never read.
-    out, _ = sampler.rollout(model, y_B, sample_keys_B, settings,
+    out, _ = sampler.sample_patches(model, y_B, sample_keys_B, settings,
                              start_BNZ=jax.lax.stop_gradient(z_BNZ), t0=r.couple_t0)
     out = out[:, :-1]
   else:

@@ -64,7 +64,7 @@ def cfg_scales(settings: SampleSettings, num_patches: int) -> jax.Array:
   return 1.0 + (settings.cfg - 1.0) * jnp.arange(num_patches, dtype=jnp.float32) / num_patches
 
 
-def rollout(model, labels_B, key, settings: SampleSettings, start_BNZ=None, t0=0.0):
+def sample_patches(model, labels_B, key, settings: SampleSettings, start_BNZ=None, t0=0.0):
   """Generates every patch of B images: returns (pixels x_BNP in [-1, 1], states g_BNZ).
 
   `key`: one key (images get keys 0..B-1 of it) or [B] per-image keys. With `start_BNZ` (the
@@ -124,7 +124,7 @@ def rollout(model, labels_B, key, settings: SampleSettings, start_BNZ=None, t0=0
 
 @nnx.jit(static_argnames=("settings",))
 def _generate(model, labels_B, key, settings):
-  x_BNP, _ = rollout(model, labels_B, key, settings)
+  x_BNP, _ = sample_patches(model, labels_B, key, settings)
   return model.to_images(x_BNP)
 
 
