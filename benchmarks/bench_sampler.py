@@ -114,9 +114,9 @@ def xla_position_flops(config, settings: sampler.SampleSettings) -> tuple[float,
   guided = one.cfg != 1.0
   rows = 2 if guided else 1
 
-  def position(state, x_GP, cache):
+  def position(state, x_RP, cache):
     m = nnx.merge(graphdef, state)
-    h, cache = m.backbone.step(x_GP, jnp.int32(m.num_patches // 2), cache)
+    h, cache = m.backbone.step(x_RP, jnp.int32(m.num_patches // 2), cache)
     g = head_lib.sample(m.head, h[:1], jnp.zeros((1, m.gen_dim)), num_steps=1,
                         h_uncond_MD=h[1:] if guided else None, cfg_scale=one.cfg)
     return m.decode(g, h[:1]), cache
@@ -155,9 +155,9 @@ def per_token_times(model, labels, settings, key) -> tuple[list[float], list[flo
   scales = sampler.cfg_scales(settings, model.num_patches)
 
   @jax.jit
-  def token(state, x_GP, i, cache):
+  def token(state, x_RP, i, cache):
     m = nnx.merge(graphdef, state)
-    h, cache = m.backbone.step(x_GP, i, cache)
+    h, cache = m.backbone.step(x_RP, i, cache)
     noise = jax.random.normal(jax.random.fold_in(key, i), (b, m.gen_dim))
     g = head_lib.sample(m.head, h[:b], noise, num_steps=settings.num_steps,
                         solver=settings.solver, h_uncond_MD=h[b:] if guided else None,

@@ -32,16 +32,16 @@ _EVAL_BATCH = 512
 TRAIN_CALLS = 0
 
 
-def _resample(x_BSS1: jax.Array) -> jax.Array:
+def _resample(x_BHW1: jax.Array) -> jax.Array:
   """Brings [B, S, S, 1] to the internal 16x16 grid."""
-  b, s = x_BSS1.shape[0], x_BSS1.shape[1]
+  b, s = x_BHW1.shape[0], x_BHW1.shape[1]
   if s == _INTERNAL_SIZE:
-    return x_BSS1
+    return x_BHW1
   if s % _INTERNAL_SIZE == 0:
     # Exact area averaging for the common power-of-two sizes; also far quicker to compile.
     f = s // _INTERNAL_SIZE
-    return x_BSS1.reshape(b, _INTERNAL_SIZE, f, _INTERNAL_SIZE, f, 1).mean(axis=(2, 4))
-  return jax.image.resize(x_BSS1, (b, _INTERNAL_SIZE, _INTERNAL_SIZE, 1), "linear",
+    return x_BHW1.reshape(b, _INTERNAL_SIZE, f, _INTERNAL_SIZE, f, 1).mean(axis=(2, 4))
+  return jax.image.resize(x_BHW1, (b, _INTERNAL_SIZE, _INTERNAL_SIZE, 1), "linear",
                           antialias=True)
 
 
@@ -56,17 +56,17 @@ class DigitsClassifier(nnx.Module):
     self.hidden = nnx.Linear(flat, FEATURE_DIM, rngs=rngs)
     self.head = nnx.Linear(FEATURE_DIM, DIGITS_NUM_CLASSES, rngs=rngs)
 
-  def features(self, x_BSS1: jax.Array) -> jax.Array:
+  def features(self, x_BHW1: jax.Array) -> jax.Array:
     """Penultimate features [B, FEATURE_DIM] of images already mapped to [-1, 1]."""
-    b = x_BSS1.shape[0]
-    x = nnx.avg_pool(nnx.relu(self.conv1(_resample(x_BSS1))), (2, 2), strides=(2, 2))
+    b = x_BHW1.shape[0]
+    x = nnx.avg_pool(nnx.relu(self.conv1(_resample(x_BHW1))), (2, 2), strides=(2, 2))
     x = nnx.avg_pool(nnx.relu(self.conv2(x)), (2, 2), strides=(2, 2))
     # GELU, not ReLU: dead units would leave the feature covariance singular and make the
     # Frechet distance ill-conditioned.
     return nnx.gelu(self.hidden(x.reshape(b, -1)))
 
-  def __call__(self, x_BSS1: jax.Array) -> jax.Array:
-    return self.head(self.features(x_BSS1))
+  def __call__(self, x_BHW1: jax.Array) -> jax.Array:
+    return self.head(self.features(x_BHW1))
 
 
 def to_unit_range(images: np.ndarray | jax.Array) -> jax.Array:
@@ -76,22 +76,22 @@ def to_unit_range(images: np.ndarray | jax.Array) -> jax.Array:
 
 # ----------------------------------------------------------------------------- training
 
-def _shift(x_BSS1: jax.Array, offsets_B2: jax.Array, max_shift: int) -> jax.Array:
+def _shift(x_BHW1: jax.Array, offsets_B2: jax.Array, max_shift: int) -> jax.Array:
   """Shifts image b by offsets_B2[b] - max_shift pixels per axis, filling with background (-1)."""
-  s = x_BSS1.shape[1]
+  s = x_BHW1.shape[1]
   pad = ((0, 0), (max_shift, max_shift), (max_shift, max_shift), (0, 0))
-  padded = jnp.pad(x_BSS1, pad, constant_values=-1.0)
+  padded = jnp.pad(x_BHW1, pad, constant_values=-1.0)
   crop = lambda im, off: jax.lax.dynamic_slice(im, (off[0], off[1], 0), (s, s, 1))
   return jax.vmap(crop)(padded, offsets_B2)
 
 
-def train_step(model: DigitsClassifier, optimizer: nnx.Optimizer, x_BSS1, labels_B, offsets_B2,
+def train_step(model: DigitsClassifier, optimizer: nnx.Optimizer, x_BHW1, labels_B, offsets_B2,
                max_shift: int) -> jax.Array:
   """One Adam step on shift-augmented images; returns the mean cross-entropy."""
-  x_BSS1 = _shift(x_BSS1, offsets_B2, max_shift)
+  x_BHW1 = _shift(x_BHW1, offsets_B2, max_shift)
 
   def loss_fn(model):
-    logits = model(x_BSS1)
+    logits = model(x_BHW1)
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels_B).mean()
 
   loss, grads = nnx.value_and_grad(loss_fn)(model)
@@ -100,10 +100,10 @@ def train_step(model: DigitsClassifier, optimizer: nnx.Optimizer, x_BSS1, labels
 
 
 @functools.partial(jax.jit, static_argnums=(0, 6), donate_argnums=(1,))
-def _train_step_jit(graphdef, state, images_NSS1, labels_N, idx_B, offsets_B2, max_shift: int):
+def _train_step_jit(graphdef, state, images_XHW1, labels_X, idx_B, offsets_B2, max_shift: int):
   """train_step over (graphdef, state): the graph is traversed once, outside the loop."""
   model, optimizer = nnx.merge(graphdef, state)
-  loss = train_step(model, optimizer, to_unit_range(images_NSS1[idx_B]), labels_N[idx_B],
+  loss = train_step(model, optimizer, to_unit_range(images_XHW1[idx_B]), labels_X[idx_B],
                     offsets_B2, max_shift)
   return nnx.state((model, optimizer)), loss
 
@@ -218,9 +218,9 @@ def load_or_train_classifier(image_size: int, cache_dir: str, seed: int = 0) -> 
 # ----------------------------------------------------------------------------- scoring
 
 @jax.jit
-def _forward(graphdef, state, images_BSS1):
+def _forward(graphdef, state, images_BHW1):
   model = nnx.merge(graphdef, state)
-  feats = model.features(to_unit_range(images_BSS1))
+  feats = model.features(to_unit_range(images_BHW1))
   return model.head(feats), feats
 
 
