@@ -1,4 +1,5 @@
-"""A small CNN judge for the digits demo: class accuracy and a Frechet distance on its features.
+"""The digits judge (class DigitsClassifier), a small CNN: the digits demo's class accuracy and a
+Frechet distance on its features.
 
 Trained once per image size on the fixed 'train' split, cached as an .npz, scored on 'eval'.
 """
@@ -125,7 +126,7 @@ def _create(image_size: int, seed, tx) -> tuple[DigitsClassifier, nnx.Optimizer]
 
 def train_classifier(image_size: int, seed: int = 0, num_epochs: int = 20,
                      batch_size: int = 100, learning_rate: float = 3e-3) -> DigitsClassifier:
-  """Trains a fresh classifier on the 'train' split; deterministic given the seed."""
+  """Trains a fresh judge on the 'train' split; deterministic given the seed."""
   global TRAIN_CALLS
   TRAIN_CALLS += 1
   images, labels = load_digits_split("train", image_size)
@@ -197,7 +198,7 @@ def cached_classifier(path: str, load, train, what: str):
     try:
       return load(path)
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-      warnings.warn(f"{what} classifier cache {path} is unreadable ({e}); retraining",
+      warnings.warn(f"{what} judge cache {path} is unreadable ({e}); retraining",
                     RuntimeWarning, stacklevel=3)
   model = train()
   _save(model, path)
@@ -209,7 +210,7 @@ def _load(path: str, image_size: int) -> DigitsClassifier:
 
 
 def load_or_train_classifier(image_size: int, cache_dir: str, seed: int = 0) -> DigitsClassifier:
-  """The cached classifier for image_size; trains and caches it on first use or a bad file."""
+  """The cached judge for image_size; trains and caches it on first use or a bad file."""
   return cached_classifier(cache_path(cache_dir, image_size, seed),
                            lambda path: _load(path, image_size),
                            lambda: train_classifier(image_size, seed), "digits")
@@ -229,7 +230,7 @@ def classifier_outputs(model: DigitsClassifier,
   """(logits [n, 10], features [n, FEATURE_DIM]) as float32 numpy, in fixed-size batches."""
   images = np.asarray(images)
   if images.ndim != 4 or images.shape[1:] != (model.image_size, model.image_size, 1):
-    raise ValueError(f"classifier reads [n, {model.image_size}, {model.image_size}, 1] images, "
+    raise ValueError(f"the judge reads [n, {model.image_size}, {model.image_size}, 1] images, "
                      f"got shape {images.shape}")
   graphdef, state = nnx.split(model)
   logits, feats = [], []
@@ -255,7 +256,7 @@ def predict(model: DigitsClassifier, images: np.ndarray) -> np.ndarray:
 
 
 def _validate(images, labels, image_size: int | None) -> tuple[np.ndarray, np.ndarray, int]:
-  """Checks the samples against what the classifier reads; returns them as numpy arrays."""
+  """Checks the samples against what the judge reads; returns them as numpy arrays."""
   images = np.asarray(images)
   if images.dtype != np.uint8:
     raise ValueError(f"images must be uint8 in [0, 255], got dtype {images.dtype}")
@@ -267,7 +268,7 @@ def _validate(images, labels, image_size: int | None) -> tuple[np.ndarray, np.nd
   if h != w or h < 8:
     raise ValueError(f"images must be square with side >= 8, got {h}x{w}")
   if image_size is not None and h != image_size:
-    raise ValueError(f"images are {h}x{w} but the classifier is for image_size {image_size}")
+    raise ValueError(f"images are {h}x{w} but the digits judge is for image_size {image_size}")
   if n < 2:
     raise ValueError(f"need at least 2 images for feature statistics, got {n}")
   labels = np.asarray(labels)
@@ -285,8 +286,9 @@ def evaluate_digits(images, labels, cache_dir: str, image_size: int | None = Non
                     seed: int = 0) -> dict[str, float]:
   """Scores generated digits (uint8 [n, S, S, 1], requested labels [n]) against 'eval'.
 
-  digits_fd compares the classifier's features of the samples with those of the real held-out
-  digits; digits_classifier_eval_accuracy says how far the judge itself can be trusted.
+  digits_fd compares the judge's features of the samples with those of the real held-out
+  digits; digits_classifier_eval_accuracy (the judge's own accuracy on them) says how far the
+  judge itself can be trusted.
   """
   images, labels, size = _validate(images, labels, image_size)
   model = load_or_train_classifier(size, cache_dir, seed)

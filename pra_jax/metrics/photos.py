@@ -1,5 +1,5 @@
-"""A small CNN judge for the photos proving ground: which photo a crop comes from, and a Frechet
-distance in its features.
+"""The photos judge (class PhotosClassifier), a small CNN for the photos proving ground: which
+photo a crop comes from, and a Frechet distance in its features.
 
 Trained once per crop size on the real training crops (random flips and small shifts), cached as
 an .npz; its accuracy is measured on the held-out crops (the bottom fifth of every photo, never
@@ -182,7 +182,7 @@ def evaluate_photos(images, labels, cache_dir: str, seed: int = 0) -> dict[str, 
 
   photos_accuracy: the judge names the requested photo; photos_fd: Frechet distance between the
   judge's features of the samples (photos_fd_num_images of them) and of all training crops;
-  photos_classifier_eval_accuracy: the judge on the held-out crops.
+  photos_classifier_eval_accuracy: the judge's own accuracy on the held-out crops.
   """
   images, labels = _validate(images, labels)
   size = images.shape[1]
