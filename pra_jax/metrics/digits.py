@@ -1,7 +1,8 @@
 """The digits judge (class DigitsClassifier), a small CNN: the digits demo's class accuracy and a
 Frechet distance on its features.
 
-Trained once per image size on the fixed 'train' split, cached as an .npz, scored on 'eval'.
+Trained once per image size on the fixed 'train' split, cached as an .npz, scored on the
+digits set's held-out split ('eval').
 """
 
 import functools
