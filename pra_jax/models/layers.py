@@ -110,8 +110,8 @@ def rope_2d(x_BLAK: jax.Array, rows_L: jax.Array, cols_L: jax.Array,
   freqs = theta ** (-jnp.arange(quarter, dtype=jnp.float32) / quarter)
 
   def rotate(x_half, pos_L):
-    angle_LQ = pos_L.astype(jnp.float32)[:, None] * freqs[None, :]
-    cos, sin = jnp.cos(angle_LQ)[None, :, None, :], jnp.sin(angle_LQ)[None, :, None, :]
+    angle = pos_L.astype(jnp.float32)[:, None] * freqs[None, :]  # [L, K / 4]
+    cos, sin = jnp.cos(angle)[None, :, None, :], jnp.sin(angle)[None, :, None, :]
     a, b = jnp.split(x_half.astype(jnp.float32), 2, axis=-1)
     return jnp.concatenate([a * cos - b * sin, a * sin + b * cos], axis=-1)
 
