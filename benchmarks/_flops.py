@@ -79,7 +79,7 @@ def sample_flops(config, num_steps: int | None = None, solver: str | None = None
                  cfg: float | None = None) -> dict[str, float]:
   """Analytic FLOPs of generating one image with the KV-cached sampler, by component.
 
-  Counted as the sampler computes it (sampler.rollout), matmuls only: the backbone runs the
+  Counted as the sampler computes it (sampler.sample_patches), matmuls only: the backbone runs the
   class tokens (prefill) and N - 1 patch tokens, each through every layer's dense layers and
   attention against the whole cache buffer of C + N - 1 slots (masked, not skipped), on 2 rows
   with CFG (conditional and null class); the head runs N positions x num_steps ODE steps x

@@ -4,8 +4,8 @@ throughput at a batch that fills the machine, with its FLOP utilisation.
 
   python benchmarks/bench_sampler.py --config=benchmarks/mid.py
 
-Both totals time sampler.rollout to uint8 images as sampler.generate runs it (one compiled loop
-over all positions, compiled ahead of time and excluded). The per-token times come from the
+Both totals time sampler.sample_patches to uint8 images as sampler.generate runs it (one compiled
+loop over all positions, compiled ahead of time and excluded). The per-token times come from the
 same work done one position per call: a KV-cached backbone step, the head's ODE (with CFG when
 sample.cfg != 1) and the pixel decoder. Throughput runs what python -m pra_jax.sample runs (the
 data-parallel generator over every local device) at --throughput_batch images per call; its
@@ -42,12 +42,12 @@ FLAT_TARGET = 1.5
 
 
 def compiled_sampler(model, labels, key, settings):
-  """sampler.rollout to uint8 images, as sampler.generate runs it, compiled before any call."""
+  """sampler.sample_patches to uint8 images, as sampler.generate runs it, compiled up front."""
   graphdef, state = nnx.split(model)
 
   def generate(state, labels):
     m = nnx.merge(graphdef, state)
-    return m.to_images(sampler.rollout(m, labels, key, settings)[0])
+    return m.to_images(sampler.sample_patches(m, labels, key, settings)[0])
 
   labels = jnp.asarray(sampler.check_labels(labels, model.num_classes))
   compiled = jax.jit(generate).lower(state, labels).compile()
@@ -72,7 +72,7 @@ def sampler_matmul_peak(dtype, sizes=(512, 1024, 2048), repeats: int = 5) -> tup
 
 
 def sampler_flops(config, settings: sampler.SampleSettings) -> dict[str, float]:
-  """Analytic FLOPs of generating one image, as sampler.rollout computes it.
+  """Analytic FLOPs of generating one image, as sampler.sample_patches computes it.
 
   Matrix multiplies only (2 FLOPs per multiply-add). Rows per image: 2 when guided ([cond;
   uncond]) through the backbone and the head, 1 through the decoder. Backbone: the class tokens
@@ -114,9 +114,9 @@ def xla_position_flops(config, settings: sampler.SampleSettings) -> tuple[float,
   guided = one.cfg != 1.0
   rows = 2 if guided else 1
 
-  def position(state, x_GP, cache):
+  def position(state, x_RP, cache):
     m = nnx.merge(graphdef, state)
-    h, cache = m.backbone.step(x_GP, jnp.int32(m.num_patches // 2), cache)
+    h, cache = m.backbone.step(x_RP, jnp.int32(m.num_patches // 2), cache)
     g = head_lib.sample(m.head, h[:1], jnp.zeros((1, m.gen_dim)), num_steps=1,
                         h_uncond_MD=h[1:] if guided else None, cfg_scale=one.cfg)
     return m.decode(g, h[:1]), cache
@@ -155,9 +155,9 @@ def per_token_times(model, labels, settings, key) -> tuple[list[float], list[flo
   scales = sampler.cfg_scales(settings, model.num_patches)
 
   @jax.jit
-  def token(state, x_GP, i, cache):
+  def token(state, x_RP, i, cache):
     m = nnx.merge(graphdef, state)
-    h, cache = m.backbone.step(x_GP, i, cache)
+    h, cache = m.backbone.step(x_RP, i, cache)
     noise = jax.random.normal(jax.random.fold_in(key, i), (b, m.gen_dim))
     g = head_lib.sample(m.head, h[:b], noise, num_steps=settings.num_steps,
                         solver=settings.solver, h_uncond_MD=h[b:] if guided else None,

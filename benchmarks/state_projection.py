@@ -37,7 +37,7 @@ _CFGS = flags.DEFINE_list("cfg", ["1", "4"], "Guidance scales.")
 
 @nnx.jit(static_argnames=("settings",))
 def _states_and_images(model, labels, keys, settings):
-  x_BNP, g_BNZ = sampler.rollout(model, labels, keys, settings)
+  x_BNP, g_BNZ = sampler.sample_patches(model, labels, keys, settings)
   return g_BNZ, model.to_images(x_BNP)
 
 

@@ -26,8 +26,10 @@ def base_config() -> ml_collections.ConfigDict:
                                    # evaluate on `folder`, with a warning).
   d.train_split = "train"          # The split trained on: a TFDS split name (the other sources
                                    # have a train and an eval split and also accept 'train').
-  d.eval_split = "validation"      # The held-out split: a TFDS split name (the other sources also
-                                   # accept 'eval').
+  d.eval_split = "validation"      # The held-out split, the one name evaluation reads: a TFDS
+                                   # split name (imagenet2012's is 'validation'); the other
+                                   # sources have a train and an 'eval' split and take this name
+                                   # (or 'eval') for their held-out one.
   d.image_size = 256               # Square images; must be divisible by model.patch_size.
   d.channels = 3                   # 1 or 3.
   d.num_classes = 1000             # Labels 0..num_classes-1; label num_classes is the null class.

@@ -130,12 +130,15 @@ def load_photos_split(split: str, image_size: int, channels: int = 3
 
 
 def load_eval_arrays(data_cfg) -> tuple[np.ndarray, np.ndarray]:
-  """The whole held-out split as arrays (the in-memory sources only): for diagnostics."""
+  """The whole held-out split (data.eval_split) as arrays, the in-memory sources only: for
+  diagnostics."""
   if data_cfg.source == "digits":
-    images, labels = load_digits_split("eval", data_cfg.image_size)
+    images, labels = load_digits_split(_split_role(data_cfg, data_cfg.eval_split),
+                                       data_cfg.image_size)
     return (np.repeat(images, 3, axis=-1) if data_cfg.channels == 3 else images), labels
   if data_cfg.source == "photos":
-    return load_photos_split("eval", data_cfg.image_size, data_cfg.channels)
+    return load_photos_split(_split_role(data_cfg, data_cfg.eval_split), data_cfg.image_size,
+                             data_cfg.channels)
   raise ValueError(f"held-out arrays exist for data.source 'digits' and 'photos'; "
                    f"data.source={data_cfg.source!r} is not supported")
 
@@ -526,7 +529,8 @@ def make_train_iterator(data_cfg: ml_collections.ConfigDict, *, local_batch_size
 
 def make_eval_iterator(data_cfg: ml_collections.ConfigDict, *, local_batch_size: int,
                        process_index: int, process_count: int) -> grain.DatasetIterator:
-  """One ordered pass over this process's shard of the eval split, last partial batch kept.
+  """One ordered pass over this process's shard of the held-out split (data.eval_split), the
+  last partial batch kept.
 
   Shards differ by at most one example, so processes may see different batch counts.
   """

@@ -1,6 +1,7 @@
 """The training forward: one parallel pass, returned as named per-example loss terms.
 
-Dimension legend: B batch, N patches, P pixels per patch, Z state dims, D width.
+Dimension legend (pra_jax's table): B batch, H/W/C image height/width/channels, N patches,
+P pixels per patch, Z state dims, D width.
 Numbers in comments follow the method's three parts (README, "The method").
 """
 

@@ -1,7 +1,7 @@
 """Raster-order patches and the pixel scale the model works in.
 
-Dimension legend: B batch, H/W image height/width, C channels, p patch side, N patches
-(H/p * W/p, row-major), P = p * p * C pixels per patch.
+Dimension legend (pra_jax's table): B batch, H/W image height/width, C channels, p patch side,
+N patches (H/p * W/p, row-major), P = p * p * C pixels per patch.
 """
 
 import jax.numpy as jnp

@@ -1,7 +1,8 @@
 """The backbone's training inputs: every input mode of the method's ablation in one place.
 
-Dimension legend: B batch, N patches, M = B * (N - 1) input positions, P pixels per patch,
-Z state dims, D width. Only patches 0..N-2 are ever inputs (the last patch is only a target).
+Dimension legend (pra_jax's table): B batch, N patches, I = N - 1 input positions per image,
+M = B * I flattened positions, P pixels per patch, Z state dims, D width. Only patches 0..N-2
+are ever inputs (the last patch is only a target).
 
 | mode        | input at position i                          | cost                          |
 | teacher     | x_i                                          | 1 pass                        |
@@ -61,16 +62,16 @@ def draw_sigma(key, shape, rollout_cfg, step):
   return jax.random.uniform(key, shape, minval=r.sigma_min, maxval=high)
 
 
-def per_position(fn, model, *arrays_BN, keys_BN):
+def per_position(fn, model, *arrays_BI, keys_BI):
   """Applies fn(model, *per-position values, key) independently at every (b, n) position.
 
   All positions run in one vmapped call: no position sees another's noise or state.
   """
-  b, n = keys_BN.shape[:2]
+  b, n = keys_BI.shape[:2]
   flat = lambda a: None if a is None else a.reshape((b * n,) + a.shape[2:])
-  flat_arrays = [flat(a) for a in arrays_BN]
+  flat_arrays = [flat(a) for a in arrays_BI]
   in_axes = (None,) + tuple(None if a is None else 0 for a in flat_arrays) + (0,)
-  out_M = nnx.vmap(fn, in_axes=in_axes)(model, *flat_arrays, flat(keys_BN))
+  out_M = nnx.vmap(fn, in_axes=in_axes)(model, *flat_arrays, flat(keys_BI))
   return out_M.reshape((b, n) + out_M.shape[1:])
 
 
@@ -95,9 +96,9 @@ def build_inputs(model, x_BNP, z_BNZ, y_B, key, step, config):
   check_config(config)  # At trace time: a state mode on a direct-pixel model must not run.
   r = config.rollout
   x_in, z_in = x_BNP[:, :-1], z_BNZ[:, :-1]
-  b, m = x_in.shape[:2]
+  b, i = x_in.shape[:2]
   keys_B2 = rng.split_each(rng.as_example_keys(key, b), 2)
-  keys_BN = rng.split_each(keys_B2[:, 0], m)      # One key per input position.
+  keys_BI = rng.split_each(keys_B2[:, 0], i)      # One key per input position.
   sample_keys_B = keys_B2[:, 1]                   # head_sample / exact: the sampled inputs.
 
   if r.mode == "teacher":
@@ -105,7 +106,7 @@ def build_inputs(model, x_BNP, z_BNZ, y_B, key, step, config):
   elif r.mode == "pixel_noise":
     sigma_fn = lambda k: r.pixel_sigma * draw_sigma(k, (), r, step)
     out = per_position(lambda m, x, k: _noisy_pixels(m, x, k, sigma_fn), model, x_in,
-                       keys_BN=keys_BN)
+                       keys_BI=keys_BI)
   elif r.mode in _STATE_MODES:
     # A context-aware decoder reads h_i, which at inference comes from the step that generated
     # patch i; here it comes from a no-grad teacher-forced pass (one extra backbone pass).
@@ -114,20 +115,20 @@ def build_inputs(model, x_BNP, z_BNZ, y_B, key, step, config):
     sigma_fn = (lambda k: draw_sigma(k, (), r, step)) if r.mode == "pra" else None
     out = per_position(lambda m, z, h, k: _decoded_state(m, z, h, k, sigma_fn), model,
                        jax.lax.stop_gradient(z_in) if r.stop_gradient else z_in, h_ctx,
-                       keys_BN=keys_BN)
+                       keys_BI=keys_BI)
   elif r.mode == "head_sample":
     h_tf = jax.lax.stop_gradient(model.backbone(x_in, y_B))[:, :-1]
     noise = jax.vmap(lambda k: jax.random.normal(k, (model.gen_dim,)))(
-        rng.split_each(sample_keys_B, m).reshape(b * m))
-    start = r.couple_t0 * jax.lax.stop_gradient(z_in).reshape(b * m, -1) \
+        rng.split_each(sample_keys_B, i).reshape(b * i))
+    start = r.couple_t0 * jax.lax.stop_gradient(z_in).reshape(b * i, -1) \
         + (1.0 - r.couple_t0) * noise
-    g = head_lib.sample(model.head, h_tf.reshape(b * m, -1), start,
+    g = head_lib.sample(model.head, h_tf.reshape(b * i, -1), start,
                         num_steps=r.head_sample_steps, solver="euler", t0=r.couple_t0)
-    out = model.decode(g.reshape(b, m, -1), h_tf)
+    out = model.decode(g.reshape(b, i, -1), h_tf)
   elif r.mode == "exact":
     settings = sampler.SampleSettings.unguided(r.head_sample_steps)
     # The states of the last patch are never an input: its start is never read.
-    out, _ = sampler.rollout(model, y_B, sample_keys_B, settings,
+    out, _ = sampler.sample_patches(model, y_B, sample_keys_B, settings,
                              start_BNZ=jax.lax.stop_gradient(z_BNZ), t0=r.couple_t0)
     out = out[:, :-1]
   else:

@@ -68,7 +68,7 @@ def main(argv):
     print(f"preempted: rerun the same command to finish {plan.chunk_dir}")
     sys.exit(sample_job.EXIT_PREEMPTED)
   if jax.process_index() == 0:
-    print(f"wrote {len(plan.labels_N)} images (step {plan.step}, {plan.settings}) to {plan.out} "
+    print(f"wrote {len(plan.labels_X)} images (step {plan.step}, {plan.settings}) to {plan.out} "
           f"and {plan.png}")
 
 

@@ -54,7 +54,7 @@ class Plan:
   seed: int
   settings: sampler.SampleSettings
   classes: list
-  labels_N: np.ndarray       # Image k's class: the classes in order, an equal run of each.
+  labels_X: np.ndarray       # Image k's class: the classes in order, an equal run of each.
   chunk_size: int
   per_device_batch: int
 
@@ -64,10 +64,10 @@ class Plan:
 
   @property
   def num_chunks(self) -> int:
-    return sample_store.num_chunks(self.chunk_size, len(self.labels_N))
+    return sample_store.num_chunks(self.chunk_size, len(self.labels_X))
 
   def chunk_range(self, chunk: int) -> tuple[int, int]:
-    return sample_store.chunk_range(chunk, self.chunk_size, len(self.labels_N))
+    return sample_store.chunk_range(chunk, self.chunk_size, len(self.labels_X))
 
 
 def _flat(tree: dict, prefix: str) -> dict:
@@ -83,7 +83,7 @@ def _manifest(plan: Plan, config, checkpoint_dir: str) -> dict:
   shapes = {"model": c["model"], "data": {k: c["data"][k] for k in
                                           ("image_size", "channels", "num_classes")}}
   settings = {k: v for k, v in dataclasses.asdict(plan.settings).items() if k != "use_cache"}
-  return {"format": 1, "seed": plan.seed, "num_images": len(plan.labels_N),
+  return {"format": 1, "seed": plan.seed, "num_images": len(plan.labels_X),
           "classes": plan.classes, "chunk_size": plan.chunk_size,
           "checkpoint.dir": checkpoint_dir, "checkpoint.step": plan.step,
           "weights": "ema" if plan.use_ema else "raw",
@@ -127,7 +127,7 @@ def plan_run(config, workdir: str, out: str, *, num_images=None, classes=None, s
     chunk_size = recorded.get("chunk_size") or per_device_batch * jax.device_count()
   plan = Plan(out=out, chunk_dir=chunk_dir, workdir=workdir, step=step, use_ema=use_ema,
               seed=seed, settings=settings, classes=classes,
-              labels_N=grids.class_rows(classes, -(-num_images // len(classes)))[:num_images],
+              labels_X=grids.class_rows(classes, -(-num_images // len(classes)))[:num_images],
               chunk_size=chunk_size, per_device_batch=per_device_batch)
   sample_store.check_manifest(chunk_dir, _manifest(plan, config, ckpt.directory),
                               write=jax.process_index() == 0)
@@ -143,7 +143,7 @@ def _generate_chunks(plan: Plan, config, todo: list[int]) -> tuple[bool, float]:
                                                     plan.per_device_batch)
   del model
   logging.info("Sampler compiled in %.1f s.", generator.compile_s)
-  n = len(plan.labels_N)
+  n = len(plan.labels_X)
   remaining = sum(end - start for start, end in map(plan.chunk_range, todo))
   stop, made, rate, t0 = _StopRequest(), 0, float("nan"), time.perf_counter()
   try:
@@ -151,15 +151,15 @@ def _generate_chunks(plan: Plan, config, todo: list[int]) -> tuple[bool, float]:
       start, end = plan.chunk_range(c)
       batches = []
       for first in range(start, end, generator.batch):  # All dispatched before any is fetched.
-        index_G = np.arange(first, first + generator.batch)
-        labels_G = plan.labels_N[np.minimum(index_G, end - 1)]  # Rows past the chunk: dropped.
-        batches.append((index_G, generator.dispatch(index_G, labels_G)))
-      rows = [generator.local_rows(images_G, index_G) for index_G, images_G in batches]
-      index_R = np.concatenate([r[0] for r in rows])
-      images_R = np.concatenate([r[1] for r in rows])
-      mine = index_R < end
-      sample_store.write_part(plan.chunk_dir, c, process, processes, index_R[mine],
-                              images_R[mine], plan.labels_N[index_R[mine]])
+        index_B = np.arange(first, first + generator.batch)
+        labels_B = plan.labels_X[np.minimum(index_B, end - 1)]  # Rows past the chunk: dropped.
+        batches.append((index_B, generator.dispatch(index_B, labels_B)))
+      rows = [generator.local_rows(images_B, index_B) for index_B, images_B in batches]
+      index_X = np.concatenate([r[0] for r in rows])
+      images_X = np.concatenate([r[1] for r in rows])
+      mine = index_X < end
+      sample_store.write_part(plan.chunk_dir, c, process, processes, index_X[mine],
+                              images_X[mine], plan.labels_X[index_X[mine]])
       stop_now = sample_parallel.any_process(stop.requested)  # Every part is on disk now.
       made += end - start
       rate = made / (time.perf_counter() - t0)
@@ -180,10 +180,10 @@ def _duration(seconds: float) -> str:
   return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def preview_cells(labels_N: np.ndarray, classes, rows: int = 10, cols: int = 10):
+def preview_cells(labels_X: np.ndarray, classes, rows: int = 10, cols: int = 10):
   """The PNG grid's cells: the first `cols` images of each of the first `rows` classes."""
-  per_class = -(-len(labels_N) // len(classes))
-  return [np.flatnonzero(labels_N == c)[:min(cols, per_class)].tolist() for c in classes[:rows]]
+  per_class = -(-len(labels_X) // len(classes))
+  return [np.flatnonzero(labels_X == c)[:min(cols, per_class)].tolist() for c in classes[:rows]]
 
 
 def _merge(plan: Plan, config) -> None:
@@ -192,9 +192,9 @@ def _merge(plan: Plan, config) -> None:
   if missing.size:
     raise RuntimeError(f"chunks {missing.tolist()[:10]} of {plan.chunk_dir} are not committed")
   shape = (config.data.image_size, config.data.image_size, config.data.channels)
-  cells = preview_cells(plan.labels_N, plan.classes)
+  cells = preview_cells(plan.labels_X, plan.classes)
   os.makedirs(os.path.dirname(os.path.abspath(plan.out)), exist_ok=True)
-  kept = sample_store.merge(plan.chunk_dir, plan.chunk_size, plan.labels_N, shape, plan.out,
+  kept = sample_store.merge(plan.chunk_dir, plan.chunk_size, plan.labels_X, shape, plan.out,
                             keep=[k for row in cells for k in row])
   cols = max(len(row) for row in cells)
   blank = np.full(shape, 255, np.uint8)  # A class short of images (the last of an uneven N).
@@ -214,7 +214,7 @@ def sample_to_npz(config, workdir: str, out: str, **kwargs) -> dict:
   todo = [c for c in range(plan.num_chunks) if not done[c]]
   logging.info("Sampling %d images of step %d into %s: %d of %d chunks of %d already done; "
                "%d per device x %d devices on %d processes = batch %d; %s.",
-               len(plan.labels_N), plan.step, plan.chunk_dir, plan.num_chunks - len(todo),
+               len(plan.labels_X), plan.step, plan.chunk_dir, plan.num_chunks - len(todo),
                plan.num_chunks, plan.chunk_size, plan.per_device_batch, jax.device_count(),
                jax.process_count(), plan.per_device_batch * jax.device_count(), plan.settings)
   preempted, rate = _generate_chunks(plan, config, todo) if todo else (False, float("nan"))
@@ -226,6 +226,6 @@ def sample_to_npz(config, workdir: str, out: str, **kwargs) -> dict:
                     left, plan.num_chunks, plan.chunk_dir)
   elif jax.process_index() == 0:
     _merge(plan, config)
-    logging.info("Wrote %d images of step %d to %s and %s.", len(plan.labels_N), plan.step,
+    logging.info("Wrote %d images of step %d to %s and %s.", len(plan.labels_X), plan.step,
                  plan.out, plan.png)
   return result

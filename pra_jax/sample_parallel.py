@@ -3,7 +3,7 @@ on it, and one compiled generator that maps global image indices to images.
 
 Image k draws from fold_in(key(seed), k) alone (what rng.example_keys gives index k), so the
 batch, the device and the process an image lands in never change it; each device runs
-sampler.rollout on its own slice under shard_map, with no communication between devices.
+sampler.sample_patches on its own slice under shard_map, with no communication between devices.
 """
 
 import time
@@ -27,9 +27,9 @@ def sampling_mesh(devices=None) -> jax.sharding.Mesh:
 class DataParallelGenerator:
   """Images by global index on every device of `mesh`, compiled once for one global batch.
 
-  A call is a global batch of G = per_device_batch x devices indices; device d generates its
-  slice of them with sampler.rollout under shard_map, from its own copy of the model. Image k
-  draws from fold_in(key(seed), k), which is rng.example_keys(key(seed), ..., first_index=k):
+  A call is a global batch of B = per_device_batch x devices indices; device d generates its
+  slice of them with sampler.sample_patches under shard_map, from its own copy of the model. Image
+  k draws from fold_in(key(seed), k), which is rng.example_keys(key(seed), ..., first_index=k):
   the batch, device and process it lands in do not change it.
   """
 
@@ -48,7 +48,7 @@ class DataParallelGenerator:
       # (inside shard_map every array is already one device's).
       m = nnx.merge(graphdef, state)
       keys_b = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(jax.random.key(seed), index_b)
-      x_BNP, _ = sampler.rollout(m, labels_b, keys_b, settings)
+      x_BNP, _ = sampler.sample_patches(m, labels_b, keys_b, settings)
       return m.to_images(x_BNP)
 
     spec = P(BATCH_AXES)
@@ -59,19 +59,19 @@ class DataParallelGenerator:
     self.compiled = fn.lower(self.state, arg(np.int32), arg(np.uint32)).compile()
     self.compile_s = time.perf_counter() - t0
 
-  def dispatch(self, index_G: np.ndarray, labels_G: np.ndarray) -> jax.Array:
+  def dispatch(self, index_B: np.ndarray, labels_B: np.ndarray) -> jax.Array:
     """Starts one global batch; every process passes the same [G] numpy arrays."""
     put = lambda a: jax.make_array_from_callback(a.shape, self.batch_sharding, lambda i: a[i])
-    return self.compiled(self.state, put(labels_G.astype(np.int32)),
-                         put(index_G.astype(np.uint32)))
+    return self.compiled(self.state, put(labels_B.astype(np.int32)),
+                         put(index_B.astype(np.uint32)))
 
   @staticmethod
-  def local_rows(images_G, index_G: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(index_R, images_R): the rows of a batch that this process's devices hold, each once."""
+  def local_rows(images_B, index_B: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(index_X, images_X): the rows of a batch that this process's devices hold, each once."""
     index, images = [], []
-    for shard in images_G.addressable_shards:
+    for shard in images_B.addressable_shards:
       if shard.replica_id == 0:
-        index.append(index_G[shard.index[0]])
+        index.append(index_B[shard.index[0]])
         images.append(np.asarray(shard.data))
     return np.concatenate(index), np.concatenate(images)
 

@@ -140,11 +140,11 @@ def marker_path(folder: str, chunk: int) -> str:
 
 
 def write_part(folder: str, chunk: int, process: int, num_processes: int,
-               index_R: np.ndarray, images_RHWC: np.ndarray, labels_R: np.ndarray) -> None:
-  order = np.argsort(index_R, kind="stable")
+               index_X: np.ndarray, images_XHWC: np.ndarray, labels_X: np.ndarray) -> None:
+  order = np.argsort(index_X, kind="stable")
   write_npz(os.path.join(folder, part_name(chunk, process, num_processes)),
-            {"index": index_R[order].astype(np.int64), "images": images_RHWC[order],
-             "labels": labels_R[order].astype(np.int32)})
+            {"index": index_X[order].astype(np.int64), "images": images_XHWC[order],
+             "labels": labels_X[order].astype(np.int32)})
 
 
 def commit_chunk(folder: str, chunk: int, num_processes: int, start: int, end: int) -> None:
@@ -165,7 +165,7 @@ def finished_chunks(folder: str, count: int) -> np.ndarray:
   return done
 
 
-def read_chunk(folder: str, chunk: int, start: int, end: int, labels_N: np.ndarray):
+def read_chunk(folder: str, chunk: int, start: int, end: int, labels_X: np.ndarray):
   """(images, labels) of one committed chunk in index order, checked against the plan."""
   with open(marker_path(folder, chunk)) as f:
     parts = json.load(f)["parts"]
@@ -181,26 +181,26 @@ def read_chunk(folder: str, chunk: int, start: int, end: int, labels_N: np.ndarr
   if not np.array_equal(index, np.arange(start, end)):
     raise ValueError(f"chunk {chunk} in {folder} holds images {index.tolist()[:8]}..., not "
                      f"{start}..{end - 1}: delete its files and rerun to regenerate it")
-  if not np.array_equal(labels, labels_N[start:end]):
+  if not np.array_equal(labels, labels_X[start:end]):
     raise ValueError(f"chunk {chunk} in {folder} has labels that differ from this run's plan: "
                      f"delete its files and rerun to regenerate it")
   return images, labels
 
 
-def merge(folder: str, chunk_size: int, labels_N: np.ndarray, image_shape, out_path: str,
+def merge(folder: str, chunk_size: int, labels_X: np.ndarray, image_shape, out_path: str,
           keep=()) -> dict:
   """Writes the ADM .npz (arr_0 uint8 NHWC, arr_1 labels) from every committed chunk, one chunk
   in memory at a time; returns {index: image} for the indices in `keep` (for the grid)."""
-  n = len(labels_N)
+  n = len(labels_X)
   keep, kept = set(int(k) for k in keep), {}
 
   def blocks():
     for c in range(num_chunks(chunk_size, n)):
       start, end = chunk_range(c, chunk_size, n)
-      images, _ = read_chunk(folder, c, start, end, labels_N)
+      images, _ = read_chunk(folder, c, start, end, labels_X)
       for k in keep.intersection(range(start, end)):
         kept[k] = images[k - start]
       yield images
 
-  write_npz(out_path, {"arr_0": ((n, *image_shape), np.uint8, blocks()), "arr_1": labels_N})
+  write_npz(out_path, {"arr_0": ((n, *image_shape), np.uint8, blocks()), "arr_1": labels_X})
   return kept

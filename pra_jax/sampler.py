@@ -1,10 +1,10 @@
 """Autoregressive generation: one compiled loop over patches with a KV cache and CFG.
 
-Dimension legend: B images, G = 2B rows when guided ([cond; uncond]), N patches, P pixels per
-patch, Z generated dims, D width. Patch i is drawn from the head given h_i, decoded to pixels,
-and fed back as the next input. Image b draws patch i's noise from fold_in(keys_B[b], i), with
-keys_B one key per image (pra_jax.rng): an image is fixed by its key whatever batch, device or
-process it is generated in.
+Dimension legend (pra_jax's table): B images, R backbone rows (2B when guided: [cond; uncond];
+else B), N patches, P pixels per patch, Z state dims (P for the direct-pixel baseline), D width.
+Patch i is drawn from the head given h_i, decoded to pixels, and fed back as the next input.
+Image b draws patch i's noise from fold_in(keys_B[b], i), with keys_B one key per image
+(pra_jax.rng): an image is fixed by its key whatever batch, device or process it is generated in.
 """
 
 import dataclasses
@@ -64,7 +64,7 @@ def cfg_scales(settings: SampleSettings, num_patches: int) -> jax.Array:
   return 1.0 + (settings.cfg - 1.0) * jnp.arange(num_patches, dtype=jnp.float32) / num_patches
 
 
-def rollout(model, labels_B, key, settings: SampleSettings, start_BNZ=None, t0=0.0):
+def sample_patches(model, labels_B, key, settings: SampleSettings, start_BNZ=None, t0=0.0):
   """Generates every patch of B images: returns (pixels x_BNP in [-1, 1], states g_BNZ).
 
   `key`: one key (images get keys 0..B-1 of it) or [B] per-image keys. With `start_BNZ` (the
@@ -80,26 +80,26 @@ def rollout(model, labels_B, key, settings: SampleSettings, start_BNZ=None, t0=0
   y = jnp.concatenate([labels_B, jnp.full_like(labels_B, model.null_class)]) if guided else labels_B
   scales_N = cfg_scales(settings, n)
 
-  def draw_patch(model, h_GD, i):
+  def draw_patch(model, h_RD, i):
     noise = settings.temperature * jax.vmap(
         lambda k: jax.random.normal(jax.random.fold_in(k, i), (model.gen_dim,)))(keys_B)
     if start_BNZ is not None:
       noise = t0 * start_BNZ[:, i] + (1.0 - t0) * noise
     g_BZ = head_lib.sample(
-        model.head, h_GD[:b], noise, num_steps=settings.num_steps, solver=settings.solver,
-        h_uncond_MD=h_GD[b:] if guided else None, cfg_scale=scales_N[i], t0=t0)
-    x_BP = model.decode(g_BZ, h_GD[:b])
+        model.head, h_RD[:b], noise, num_steps=settings.num_steps, solver=settings.solver,
+        h_uncond_MD=h_RD[b:] if guided else None, cfg_scale=scales_N[i], t0=t0)
+    x_BP = model.decode(g_BZ, h_RD[:b])
     # Both halves of a guided batch see the same generated patch, as at inference they must.
-    x_GP = jnp.concatenate([x_BP, x_BP]) if guided else x_BP
-    return x_BP, g_BZ, x_GP
+    x_RP = jnp.concatenate([x_BP, x_BP]) if guided else x_BP
+    return x_BP, g_BZ, x_RP
 
   if settings.use_cache:
     h, cache = model.backbone.prefill(y, model.backbone.init_cache(y.shape[0]))
 
     def body(carry, model, i):
       h, cache = carry
-      x_BP, g_BZ, x_GP = draw_patch(model, h, i)
-      h, cache = model.backbone.step(x_GP, i, cache)
+      x_BP, g_BZ, x_RP = draw_patch(model, h, i)
+      h, cache = model.backbone.step(x_RP, i, cache)
       return (h, cache), (x_BP, g_BZ)
 
     (h, _), (xs, gs) = position_scan(body)((h, cache), model, jnp.arange(n - 1))
@@ -108,8 +108,8 @@ def rollout(model, labels_B, key, settings: SampleSettings, start_BNZ=None, t0=0
 
     def body(carry, model, i):
       inputs, h = carry
-      x_BP, g_BZ, x_GP = draw_patch(model, h, i)
-      inputs = jax.lax.dynamic_update_slice_in_dim(inputs, x_GP[:, None], i, axis=1)
+      x_BP, g_BZ, x_RP = draw_patch(model, h, i)
+      inputs = jax.lax.dynamic_update_slice_in_dim(inputs, x_RP[:, None], i, axis=1)
       # Causal attention: the zeros after slot i cannot reach h_{i+1}.
       h = jax.lax.dynamic_index_in_dim(model.backbone(inputs, y), i + 1, axis=1, keepdims=False)
       return (inputs, h), (x_BP, g_BZ)
@@ -124,7 +124,7 @@ def rollout(model, labels_B, key, settings: SampleSettings, start_BNZ=None, t0=0
 
 @nnx.jit(static_argnames=("settings",))
 def _generate(model, labels_B, key, settings):
-  x_BNP, _ = rollout(model, labels_B, key, settings)
+  x_BNP, _ = sample_patches(model, labels_B, key, settings)
   return model.to_images(x_BNP)
 
 

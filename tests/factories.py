@@ -136,6 +136,6 @@ def loss_and_grads(config):
 
 
 @functools.cache
-def rollout_fn(settings: sampler.SampleSettings):
-  """fn(model, labels, key) -> sampler.rollout's (x_BNP, g_BNZ) under `settings`."""
-  return jit(lambda model, labels, key: sampler.rollout(model, labels, key, settings))
+def sample_patches_fn(settings: sampler.SampleSettings):
+  """fn(model, labels, key) -> sampler.sample_patches's (x_BNP, g_BNZ) under `settings`."""
+  return jit(lambda model, labels, key: sampler.sample_patches(model, labels, key, settings))

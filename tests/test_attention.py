@@ -65,21 +65,21 @@ def test_training_pass_uses_the_chosen_kernel_and_decoding_uses_xla(monkeypatch)
                             "model.backbone.dtype": "bfloat16"})
   bb = F.random_model(config).backbone
   b, h, k = 2, config.model.backbone.num_heads, 16
-  x_BMP = jax.random.uniform(jax.random.key(0), (b, bb.num_patches - 1, 16), minval=-1, maxval=1)
+  x_BIP = jax.random.uniform(jax.random.key(0), (b, bb.num_patches - 1, 16), minval=-1, maxval=1)
   y_B = jnp.array([3, 7])
-  full = F.jit(lambda bb, x, y: bb(x, y))(bb, x_BMP, y_B)
+  full = F.jit(lambda bb, x, y: bb(x, y))(bb, x_BIP, y_B)
   assert calls == [(b, bb.cache_len, h, k)]  # One trace of the scanned block.
 
   calls.clear()
 
   @F.jit
-  def decode(bb, x_BMP, y_B):
+  def decode(bb, x_BIP, y_B):
     h0, cache = bb.prefill(y_B, bb.init_cache(b))
-    h1, cache = bb.step(x_BMP[:, 0], 0, cache)
-    h2, _ = bb.step(x_BMP[:, 1], 1, cache)
+    h1, cache = bb.step(x_BIP[:, 0], 0, cache)
+    h2, _ = bb.step(x_BIP[:, 1], 1, cache)
     return jnp.stack([h0, h1, h2], axis=1)
 
-  cached = decode(bb, x_BMP, y_B)
+  cached = decode(bb, x_BIP, y_B)
   assert calls == []
   np.testing.assert_allclose(np.asarray(cached), np.asarray(full[:, :3]), atol=0.05)  # bf16
 
@@ -98,7 +98,7 @@ def _splash_vs_xla():
   for choice in ("xla", "splash"):
     config = F.tiny_config(**{"model.patch_size": 1, "model.backbone.attention": choice})
     bb = F.random_model(config).backbone  # Same seed, same parameters for both choices.
-    x_BMP = jax.random.uniform(jax.random.key(1), (1, 255, 1), minval=-1, maxval=1)
+    x_BIP = jax.random.uniform(jax.random.key(1), (1, 255, 1), minval=-1, maxval=1)
     y_B = jnp.array([3])
     graphdef, params, rest = nnx.split(bb, nnx.Param, ...)
 
@@ -106,7 +106,7 @@ def _splash_vs_xla():
       h = nnx.merge(graphdef, params, rest)(x, y)
       return jnp.sum(jnp.sin(h)), h
 
-    (_, h), grads = F.jit(jax.value_and_grad(objective, has_aux=True))(params, x_BMP, y_B)
+    (_, h), grads = F.jit(jax.value_and_grad(objective, has_aux=True))(params, x_BIP, y_B)
     out[choice] = (np.asarray(h), F.flat_params(grads))
   return out
 

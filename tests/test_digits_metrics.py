@@ -1,6 +1,6 @@
 """Tests of the digits judge: it tells real digits from noise and wrong labels, and caches itself.
 
-The classifier trains once per image size per session (module fixture); the rest reuses it.
+The digits judge trains once per image size per session (module fixture); the rest reuses it.
 """
 
 import os
@@ -16,7 +16,7 @@ from pra_jax.metrics import digits
 
 @pytest.fixture(scope="module", params=[16, 32], ids=lambda s: f"{s}px")
 def judge(request, tmp_path_factory):
-  """A cache dir holding a trained classifier, the classifier, and the real splits."""
+  """A cache dir holding a trained judge, the judge, and the real splits."""
   size = request.param
   cache_dir = str(tmp_path_factory.mktemp(f"digits_cache_{size}"))
   trained = []

@@ -90,12 +90,12 @@ def _backbone_contexts(pos_emb):
     return cache, h
 
   @F.jit
-  def contexts(model, x_BMP, y_B):
+  def contexts(model, x_BIP, y_B):
     bb = model.backbone
     h_first, cache = bb.prefill(y_B, bb.init_cache(y_B.shape[0]))
     steps = nnx.scan(feed, in_axes=(nnx.Carry, None, 0), out_axes=(nnx.Carry, 0))
-    _, h_rest = steps(cache, bb, (x_BMP.transpose(1, 0, 2), jnp.arange(x_BMP.shape[1])))
-    return bb(x_BMP, y_B), jnp.concatenate([h_first[:, None], h_rest.transpose(1, 0, 2)], axis=1)
+    _, h_rest = steps(cache, bb, (x_BIP.transpose(1, 0, 2), jnp.arange(x_BIP.shape[1])))
+    return bb(x_BIP, y_B), jnp.concatenate([h_first[:, None], h_rest.transpose(1, 0, 2)], axis=1)
 
   full, cached = contexts(model, jnp.asarray(batch), jnp.full((m + 1,), 3, jnp.int32))
   return config, np.asarray(full), np.asarray(cached)

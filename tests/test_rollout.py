@@ -100,7 +100,7 @@ def test_uncoupled_exact_inputs_are_the_free_sequential_rollout(batch):
   got = _inputs(config, model, batch, key)[1]
   settings = sampler.SampleSettings.unguided(config.rollout.head_sample_steps)
   sample_keys = rng.split_each(rng.as_example_keys(key, len(labels)), 2)[:, 1]
-  want, _ = F.rollout_fn(settings)(model, labels, sample_keys)
+  want, _ = F.sample_patches_fn(settings)(model, labels, sample_keys)
   assert got.shape == (8, model.num_patches - 1, model.patch_dim)
   np.testing.assert_allclose(got, want[:, :-1], atol=1e-5)
   # The free rollout is the model's own: nothing of the ground-truth images is in it.

@@ -40,8 +40,9 @@ def test_kv_cache_matches_full_recompute(model, name):
   if name.startswith("heun"):
     model = F.random_model(F.tiny_config(**OTHER_PATHS), seed=4)
     assert model.decoder_uses_context
-  x_cache, g_cache = F.rollout_fn(settings)(model, LABELS, key)
-  x_full, g_full = F.rollout_fn(dataclasses.replace(settings, use_cache=False))(model, LABELS, key)
+  x_cache, g_cache = F.sample_patches_fn(settings)(model, LABELS, key)
+  uncached = dataclasses.replace(settings, use_cache=False)
+  x_full, g_full = F.sample_patches_fn(uncached)(model, LABELS, key)
   assert x_cache.shape == (4, model.num_patches, model.patch_dim)
   assert g_cache.shape == (4, model.num_patches, model.gen_dim)
   assert np.isfinite(np.asarray(x_cache)).all()
@@ -57,7 +58,8 @@ def test_generate_same_key_same_images(model):
   np.testing.assert_array_equal(sampler.generate(model, LABELS, key, settings), images)
   # The cached sampler against full recompute, in uint8: equal up to a flip of a value that
   # sits within float error of a rounding boundary.
-  x_full, _ = F.rollout_fn(dataclasses.replace(settings, use_cache=False))(model, LABELS, key)
+  uncached = dataclasses.replace(settings, use_cache=False)
+  x_full, _ = F.sample_patches_fn(uncached)(model, LABELS, key)
   diff = np.abs(np.asarray(model.to_images(x_full), np.int32) - images)
   assert diff.max() <= 1 and (diff == 0).mean() > 0.99
   other = np.asarray(sampler.generate(model, LABELS, jax.random.key(12), settings), np.int32)
@@ -66,8 +68,8 @@ def test_generate_same_key_same_images(model):
 
 def test_guidance_schedule_and_strength(model):
   key = jax.random.key(11)
-  x_plain, _ = F.rollout_fn(SETTINGS["euler"])(model, LABELS, key)
-  x_linear, _ = F.rollout_fn(SETTINGS["euler_cfg_linear"])(model, LABELS, key)
+  x_plain, _ = F.sample_patches_fn(SETTINGS["euler"])(model, LABELS, key)
+  x_linear, _ = F.sample_patches_fn(SETTINGS["euler_cfg_linear"])(model, LABELS, key)
   # The linear schedule starts at scale 1: the first patch is the unguided one; later ones move.
   np.testing.assert_allclose(x_linear[:, 0], x_plain[:, 0], atol=1e-5)
   assert float(jnp.abs(x_linear[:, -1] - x_plain[:, -1]).max()) > 1e-2
@@ -102,12 +104,12 @@ def test_null_class_path(model):
   assert model.backbone.class_embed.embedding.shape[0] == 11
   settings, key = SETTINGS["euler"], jax.random.key(11)
   null = jnp.full_like(LABELS, model.null_class)
-  x_real, _ = F.rollout_fn(settings)(model, LABELS, key)
-  x_null, _ = F.rollout_fn(settings)(model, null, key)
+  x_real, _ = F.sample_patches_fn(settings)(model, LABELS, key)
+  x_null, _ = F.sample_patches_fn(settings)(model, null, key)
   assert float(jnp.abs(x_real - x_null).max()) > 1e-2
   # Guidance at scale 0 follows the unconditional half alone: the rollout of the null class.
   unconditional = dataclasses.replace(SETTINGS["euler"], cfg=0.0)
-  x_uncond, _ = F.rollout_fn(unconditional)(model, LABELS, key)
+  x_uncond, _ = F.sample_patches_fn(unconditional)(model, LABELS, key)
   np.testing.assert_allclose(x_uncond, x_null, atol=1e-4)
 
 

@@ -1,6 +1,8 @@
-"""A small CNN judge for the digits demo: class accuracy and a Frechet distance on its features.
+"""The digits judge (class DigitsClassifier), a small CNN: the digits demo's class accuracy and a
+Frechet distance on its features.
 
-Trained once per image size on the fixed 'train' split, cached as an .npz, scored on 'eval'.
+Trained once per image size on the fixed 'train' split, cached as an .npz, scored on the
+digits set's held-out split ('eval').
 """
 
 import functools
@@ -28,19 +30,17 @@ _INTERNAL_SIZE = 16
 FEATURE_DIM = 64
 _EVAL_BATCH = 512
 
-# Counts calls to train_classifier, so tests can tell a cache hit from a retrain without timing.
 
-
-def _resample(x_BSS1: jax.Array) -> jax.Array:
+def _resample(x_BHW1: jax.Array) -> jax.Array:
   """Brings [B, S, S, 1] to the internal 16x16 grid."""
-  b, s = x_BSS1.shape[0], x_BSS1.shape[1]
+  b, s = x_BHW1.shape[0], x_BHW1.shape[1]
   if s == _INTERNAL_SIZE:
-    return x_BSS1
+    return x_BHW1
   if s % _INTERNAL_SIZE == 0:
     # Exact area averaging for the common power-of-two sizes; also far quicker to compile.
     f = s // _INTERNAL_SIZE
-    return x_BSS1.reshape(b, _INTERNAL_SIZE, f, _INTERNAL_SIZE, f, 1).mean(axis=(2, 4))
-  return jax.image.resize(x_BSS1, (b, _INTERNAL_SIZE, _INTERNAL_SIZE, 1), "linear",
+    return x_BHW1.reshape(b, _INTERNAL_SIZE, f, _INTERNAL_SIZE, f, 1).mean(axis=(2, 4))
+  return jax.image.resize(x_BHW1, (b, _INTERNAL_SIZE, _INTERNAL_SIZE, 1), "linear",
                           antialias=True)
 
 
@@ -55,17 +55,17 @@ class DigitsClassifier(nnx.Module):
     self.hidden = nnx.Linear(flat, FEATURE_DIM, rngs=rngs)
     self.head = nnx.Linear(FEATURE_DIM, DIGITS_NUM_CLASSES, rngs=rngs)
 
-  def features(self, x_BSS1: jax.Array) -> jax.Array:
+  def features(self, x_BHW1: jax.Array) -> jax.Array:
     """Penultimate features [B, FEATURE_DIM] of images already mapped to [-1, 1]."""
-    b = x_BSS1.shape[0]
-    x = nnx.avg_pool(nnx.relu(self.conv1(_resample(x_BSS1))), (2, 2), strides=(2, 2))
+    b = x_BHW1.shape[0]
+    x = nnx.avg_pool(nnx.relu(self.conv1(_resample(x_BHW1))), (2, 2), strides=(2, 2))
     x = nnx.avg_pool(nnx.relu(self.conv2(x)), (2, 2), strides=(2, 2))
     # GELU, not ReLU: dead units would leave the feature covariance singular and make the
     # Frechet distance ill-conditioned.
     return nnx.gelu(self.hidden(x.reshape(b, -1)))
 
-  def __call__(self, x_BSS1: jax.Array) -> jax.Array:
-    return self.head(self.features(x_BSS1))
+  def __call__(self, x_BHW1: jax.Array) -> jax.Array:
+    return self.head(self.features(x_BHW1))
 
 
 def to_unit_range(images: np.ndarray | jax.Array) -> jax.Array:
@@ -75,22 +75,22 @@ def to_unit_range(images: np.ndarray | jax.Array) -> jax.Array:
 
 # ----------------------------------------------------------------------------- training
 
-def _shift(x_BSS1: jax.Array, offsets_B2: jax.Array, max_shift: int) -> jax.Array:
+def _shift(x_BHW1: jax.Array, offsets_B2: jax.Array, max_shift: int) -> jax.Array:
   """Shifts image b by offsets_B2[b] - max_shift pixels per axis, filling with background (-1)."""
-  s = x_BSS1.shape[1]
+  s = x_BHW1.shape[1]
   pad = ((0, 0), (max_shift, max_shift), (max_shift, max_shift), (0, 0))
-  padded = jnp.pad(x_BSS1, pad, constant_values=-1.0)
+  padded = jnp.pad(x_BHW1, pad, constant_values=-1.0)
   crop = lambda im, off: jax.lax.dynamic_slice(im, (off[0], off[1], 0), (s, s, 1))
   return jax.vmap(crop)(padded, offsets_B2)
 
 
-def train_step(model: DigitsClassifier, optimizer: nnx.Optimizer, x_BSS1, labels_B, offsets_B2,
+def train_step(model: DigitsClassifier, optimizer: nnx.Optimizer, x_BHW1, labels_B, offsets_B2,
                max_shift: int) -> jax.Array:
   """One Adam step on shift-augmented images; returns the mean cross-entropy."""
-  x_BSS1 = _shift(x_BSS1, offsets_B2, max_shift)
+  x_BHW1 = _shift(x_BHW1, offsets_B2, max_shift)
 
   def loss_fn(model):
-    logits = model(x_BSS1)
+    logits = model(x_BHW1)
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels_B).mean()
 
   loss, grads = nnx.value_and_grad(loss_fn)(model)
@@ -99,10 +99,10 @@ def train_step(model: DigitsClassifier, optimizer: nnx.Optimizer, x_BSS1, labels
 
 
 @functools.partial(jax.jit, static_argnums=(0, 6), donate_argnums=(1,))
-def _train_step_jit(graphdef, state, images_NSS1, labels_N, idx_B, offsets_B2, max_shift: int):
+def _train_step_jit(graphdef, state, images_XHW1, labels_X, idx_B, offsets_B2, max_shift: int):
   """train_step over (graphdef, state): the graph is traversed once, outside the loop."""
   model, optimizer = nnx.merge(graphdef, state)
-  loss = train_step(model, optimizer, to_unit_range(images_NSS1[idx_B]), labels_N[idx_B],
+  loss = train_step(model, optimizer, to_unit_range(images_XHW1[idx_B]), labels_X[idx_B],
                     offsets_B2, max_shift)
   return nnx.state((model, optimizer)), loss
 
@@ -124,7 +124,7 @@ def _create(image_size: int, seed, tx) -> tuple[DigitsClassifier, nnx.Optimizer]
 
 def train_classifier(image_size: int, seed: int = 0, num_epochs: int = 20,
                      batch_size: int = 100, learning_rate: float = 3e-3) -> DigitsClassifier:
-  """Trains a fresh classifier on the 'train' split; deterministic given the seed."""
+  """Trains a fresh judge on the 'train' split; deterministic given the seed."""
   images, labels = load_digits_split("train", image_size)
   steps_per_epoch = len(labels) // batch_size
   tx = _adam(learning_rate, num_epochs * steps_per_epoch)
@@ -186,7 +186,7 @@ def cached_classifier(path: str, load, train, what: str):
     try:
       return load(path)
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-      warnings.warn(f"{what} classifier cache {path} is unreadable ({e}); retraining",
+      warnings.warn(f"{what} judge cache {path} is unreadable ({e}); retraining",
                     RuntimeWarning, stacklevel=3)
   model = train()
   save_params(model, path)
@@ -198,7 +198,7 @@ def _load(path: str, image_size: int) -> DigitsClassifier:
 
 
 def load_or_train_classifier(image_size: int, cache_dir: str, seed: int = 0) -> DigitsClassifier:
-  """The cached classifier for image_size; trains and caches it on first use or a bad file."""
+  """The cached judge for image_size; trains and caches it on first use or a bad file."""
   return cached_classifier(cache_path(cache_dir, image_size, seed),
                            lambda path: _load(path, image_size),
                            lambda: train_classifier(image_size, seed), "digits")
@@ -207,9 +207,9 @@ def load_or_train_classifier(image_size: int, cache_dir: str, seed: int = 0) -> 
 # ----------------------------------------------------------------------------- scoring
 
 @jax.jit
-def _forward(graphdef, state, images_BSS1):
+def _forward(graphdef, state, images_BHW1):
   model = nnx.merge(graphdef, state)
-  feats = model.features(to_unit_range(images_BSS1))
+  feats = model.features(to_unit_range(images_BHW1))
   return model.head(feats), feats
 
 
@@ -218,7 +218,7 @@ def classifier_outputs(model: DigitsClassifier,
   """(logits [n, 10], features [n, FEATURE_DIM]) as float32 numpy, in fixed-size batches."""
   images = np.asarray(images)
   if images.ndim != 4 or images.shape[1:] != (model.image_size, model.image_size, 1):
-    raise ValueError(f"classifier reads [n, {model.image_size}, {model.image_size}, 1] images, "
+    raise ValueError(f"the judge reads [n, {model.image_size}, {model.image_size}, 1] images, "
                      f"got shape {images.shape}")
   graphdef, state = nnx.split(model)
   # Fixed-size batches: every call reuses one compiled shape.
@@ -237,7 +237,7 @@ def predict(model: DigitsClassifier, images: np.ndarray) -> np.ndarray:
 
 
 def _validate(images, labels, image_size: int | None) -> tuple[np.ndarray, np.ndarray, int]:
-  """Checks the samples against what the classifier reads; returns them as numpy arrays."""
+  """Checks the samples against what the judge reads; returns them as numpy arrays."""
   images = np.asarray(images)
   if images.dtype != np.uint8:
     raise ValueError(f"images must be uint8 in [0, 255], got dtype {images.dtype}")
@@ -249,7 +249,7 @@ def _validate(images, labels, image_size: int | None) -> tuple[np.ndarray, np.nd
   if h != w or h < 8:
     raise ValueError(f"images must be square with side >= 8, got {h}x{w}")
   if image_size is not None and h != image_size:
-    raise ValueError(f"images are {h}x{w} but the classifier is for image_size {image_size}")
+    raise ValueError(f"images are {h}x{w} but the digits judge is for image_size {image_size}")
   if n < 2:
     raise ValueError(f"need at least 2 images for feature statistics, got {n}")
   labels = np.asarray(labels)
@@ -267,8 +267,9 @@ def evaluate_digits(images, labels, cache_dir: str, image_size: int | None = Non
                     seed: int = 0) -> dict[str, float]:
   """Scores generated digits (uint8 [n, S, S, 1], requested labels [n]) against 'eval'.
 
-  digits_fd compares the classifier's features of the samples with those of the real held-out
-  digits; digits_classifier_eval_accuracy says how far the judge itself can be trusted.
+  digits_fd compares the judge's features of the samples with those of the real held-out
+  digits; digits_classifier_eval_accuracy (the judge's own accuracy on them) says how far the
+  judge itself can be trusted.
   """
   images, labels, size = _validate(images, labels, image_size)
   model = load_or_train_classifier(size, cache_dir, seed)

@@ -149,14 +149,14 @@ def _round16(x):
   return lax.reduce_precision(x, exponent_bits=5, mantissa_bits=10)
 
 
-def _sq_distances_f32(a_AD, b_BD):
-  a2 = jnp.sum(a_AD * a_AD, axis=1)[:, None]
-  b2 = jnp.sum(b_BD * b_BD, axis=1)[None, :]
-  return jnp.maximum(a2 - 2.0 * jnp.dot(a_AD, b_BD.T, precision=lax.Precision.HIGHEST) + b2, 0.0)
+def _sq_distances_f32(a_UD, b_VD):
+  a2 = jnp.sum(a_UD * a_UD, axis=1)[:, None]
+  b2 = jnp.sum(b_VD * b_VD, axis=1)[None, :]
+  return jnp.maximum(a2 - 2.0 * jnp.dot(a_UD, b_VD.T, precision=lax.Precision.HIGHEST) + b2, 0.0)
 
 
-def _sq_distances_f16(a_AD, b_BD):
-  a, b = _round16(a_AD), _round16(b_BD)
+def _sq_distances_f16(a_UD, b_VD):
+  a, b = _round16(a_UD), _round16(b_VD)
   a2 = _round16(jnp.sum(_round16(a * a), axis=1))[:, None]
   b2 = _round16(jnp.sum(_round16(b * b), axis=1))[None, :]
   ab = _round16(jnp.dot(a, b.T, precision=lax.Precision.HIGHEST))
@@ -164,11 +164,11 @@ def _sq_distances_f16(a_AD, b_BD):
   return jnp.maximum(d, 0.0)
 
 
-def _sq_distances(a_AD, b_BD, distances: str):
+def _sq_distances(a_UD, b_VD, distances: str):
   if distances == "float32":
-    return _sq_distances_f32(a_AD, b_BD)
-  d16 = _sq_distances_f16(a_AD, b_BD)
-  return jnp.where(jnp.all(jnp.isfinite(d16)), d16, _sq_distances_f32(a_AD, b_BD))
+    return _sq_distances_f32(a_UD, b_VD)
+  d16 = _sq_distances_f16(a_UD, b_VD)
+  return jnp.where(jnp.all(jnp.isfinite(d16)), d16, _sq_distances_f32(a_UD, b_VD))
 
 
 def check_pr_distances(distances: str) -> str:
@@ -179,18 +179,19 @@ def check_pr_distances(distances: str) -> str:
 
 
 @functools.partial(jax.jit, static_argnums=(4, 5))
-def _knn_block(best_AK, a_AD, b_BD, b_valid_B, k: int, distances: str):
-  """Folds one column block into the running k + 1 smallest distances (self included)."""
-  d = jnp.where(b_valid_B[None, :], _sq_distances(a_AD, b_BD, distances), jnp.inf)
-  return -lax.top_k(-jnp.concatenate([best_AK, d], axis=1), k + 1)[0]
+def _knn_block(best, a_UD, b_VD, b_valid_V, k: int, distances: str):
+  """Folds one column block into the running k + 1 smallest distances (self included): `best`
+  is [U, k + 1], U and V the two row blocks (pra_jax's dimension table)."""
+  d = jnp.where(b_valid_V[None, :], _sq_distances(a_UD, b_VD, distances), jnp.inf)
+  return -lax.top_k(-jnp.concatenate([best, d], axis=1), k + 1)[0]
 
 
 @functools.partial(jax.jit, static_argnums=6)
-def _coverage_block(a_in_A, b_in_B, a_AD, radii_A, b_BD, radii_B, distances: str):
-  d = _sq_distances(a_AD, b_BD, distances)
-  a_in_A = a_in_A | jnp.any(d <= radii_B[None, :], axis=1)
-  b_in_B = b_in_B | jnp.any(d <= radii_A[:, None], axis=0)
-  return a_in_A, b_in_B
+def _coverage_block(a_in_U, b_in_V, a_UD, radii_U, b_VD, radii_V, distances: str):
+  d = _sq_distances(a_UD, b_VD, distances)
+  a_in_U = a_in_U | jnp.any(d <= radii_V[None, :], axis=1)
+  b_in_V = b_in_V | jnp.any(d <= radii_U[:, None], axis=0)
+  return a_in_U, b_in_V
 
 
 def _blocks(x, block: int):

@@ -3,8 +3,8 @@ spatial features of sFID, and logits.
 
 Matches pytorch-fid's FID Inception layer for layer; weights come from a user-supplied .npz.
 
-Shapes: B batch, H/W image height/width, C channels, D = 2048 pool_3 features, S = 2023 spatial
-features, K = 1008 logits.
+Dimension legend (pra_jax's table): B batch, H/W/C image height/width/channels, D = 2048
+pool_3 features, Y = 1008 logits; the 2023 spatial features of sFID are one flat vector a row.
 """
 
 import functools
@@ -41,9 +41,9 @@ _KERNEL_INIT = nnx.initializers.variance_scaling(2.0, "fan_in", "normal")
 
 class InceptionOutput(NamedTuple):
   pool: jax.Array  # [B, D] pool_3, the FID features.
-  spatial: jax.Array  # [B, S] mixed_6/conv[..., :7] flattened, the sFID features.
-  logits: jax.Array  # [B, K] the graph's softmax/logits, fc bias included.
-  logits_unbiased: jax.Array  # [B, K] pool @ fc kernel, what ADM's Inception Score uses.
+  spatial: jax.Array  # [B, 2023] mixed_6/conv[..., :7] flattened, the sFID features.
+  logits: jax.Array  # [B, Y] the graph's softmax/logits, fc bias included.
+  logits_unbiased: jax.Array  # [B, Y] pool @ fc kernel, what ADM's Inception Score uses.
 
 
 def _pair(v) -> tuple[int, int]:
@@ -225,12 +225,12 @@ class InceptionV3(nnx.Module):
     # are channels [:7] of Mixed_6d's output. Established from the graph's naming scheme and
     # the shapes, not by running the TF graph (no weights here to compare with): certain about
     # the block and branch (shape-pinned), about as certain that ":0" is the post-ReLU tensor.
-    spatial_BS = x[..., :SPATIAL_CHANNELS].reshape(x.shape[0], -1)
+    spatial = x[..., :SPATIAL_CHANNELS].reshape(x.shape[0], -1)
     for block in (self.Mixed_6e, self.Mixed_7a, self.Mixed_7b, self.Mixed_7c):
       x = block(x)  # ends at 8x8x2048
     pool_BD = jnp.mean(x, axis=(1, 2))
-    unbiased_BK = jnp.dot(pool_BD, self.fc.kernel[...], precision=HIGHEST)
-    return InceptionOutput(pool_BD, spatial_BS, unbiased_BK + self.fc.bias[...], unbiased_BK)
+    unbiased_BY = jnp.dot(pool_BD, self.fc.kernel[...], precision=HIGHEST)
+    return InceptionOutput(pool_BD, spatial, unbiased_BY + self.fc.bias[...], unbiased_BY)
 
 
 # ----------------------------------------------------------------------------- preprocessing

@@ -1,5 +1,5 @@
-"""A small CNN judge for the photos proving ground: which photo a crop comes from, and a Frechet
-distance in its features.
+"""The photos judge (class PhotosClassifier), a small CNN for the photos proving ground: which
+photo a crop comes from, and a Frechet distance in its features.
 
 Trained once per crop size on the real training crops (random flips and small shifts), cached as
 an .npz; its accuracy is measured on the held-out crops (the bottom fifth of every photo, never
@@ -47,24 +47,24 @@ class PhotosClassifier(nnx.Module):
     self.hidden = nnx.Linear((image_size // 8) ** 2 * 64, FEATURE_DIM, rngs=rngs)
     self.head = nnx.Linear(FEATURE_DIM, PHOTOS_NUM_CLASSES, rngs=rngs)
 
-  def features(self, x_BSS3: jax.Array) -> jax.Array:
+  def features(self, x_BHW3: jax.Array) -> jax.Array:
     """Penultimate features [B, FEATURE_DIM] of crops already mapped to [-1, 1]."""
-    x = x_BSS3
+    x = x_BHW3
     for conv in (self.conv1, self.conv2, self.conv3):
       x = nnx.avg_pool(nnx.relu(conv(x)), (2, 2), strides=(2, 2))
     # GELU, not ReLU: dead units would leave the feature covariance singular.
     return nnx.gelu(self.hidden(x.reshape(x.shape[0], -1)))
 
-  def __call__(self, x_BSS3: jax.Array) -> jax.Array:
-    return self.head(self.features(x_BSS3))
+  def __call__(self, x_BHW3: jax.Array) -> jax.Array:
+    return self.head(self.features(x_BHW3))
 
 
 # ----------------------------------------------------------------------------- training
 
-def _augment(x_BSS3, flips_B, offsets_B2, max_shift: int):
+def _augment(x_BHW3, flips_B, offsets_B2, max_shift: int):
   """Mirrors the flagged crops and shifts each by offsets - max_shift pixels (edge-replicated)."""
-  s = x_BSS3.shape[1]
-  x = jnp.where(flips_B[:, None, None, None], x_BSS3[:, :, ::-1], x_BSS3)
+  s = x_BHW3.shape[1]
+  x = jnp.where(flips_B[:, None, None, None], x_BHW3[:, :, ::-1], x_BHW3)
   padded = jnp.pad(x, ((0, 0), (max_shift, max_shift), (max_shift, max_shift), (0, 0)),
                    mode="edge")
   crop = lambda im, off: jax.lax.dynamic_slice(im, (off[0], off[1], 0), (s, s, 3))
@@ -72,12 +72,12 @@ def _augment(x_BSS3, flips_B, offsets_B2, max_shift: int):
 
 
 @functools.partial(jax.jit, static_argnums=(0, 7), donate_argnums=(1,))
-def _train_step(graphdef, state, images_NSS3, labels_N, idx_B, flips_B, offsets_B2, max_shift):
+def _train_step(graphdef, state, images_XHW3, labels_X, idx_B, flips_B, offsets_B2, max_shift):
   model, optimizer = nnx.merge(graphdef, state)
-  x = _augment(to_unit_range(images_NSS3[idx_B]), flips_B, offsets_B2, max_shift)
+  x = _augment(to_unit_range(images_XHW3[idx_B]), flips_B, offsets_B2, max_shift)
 
   def loss_fn(model):
-    return optax.softmax_cross_entropy_with_integer_labels(model(x), labels_N[idx_B]).mean()
+    return optax.softmax_cross_entropy_with_integer_labels(model(x), labels_X[idx_B]).mean()
 
   loss, grads = nnx.value_and_grad(loss_fn)(model)
   optimizer.update(model, grads)
@@ -136,9 +136,9 @@ def load_or_train_classifier(image_size: int, cache_dir: str, seed: int = 0) -> 
 # ----------------------------------------------------------------------------- scoring
 
 @jax.jit
-def _forward(graphdef, state, images_BSS3):
+def _forward(graphdef, state, images_BHW3):
   model = nnx.merge(graphdef, state)
-  feats = model.features(to_unit_range(images_BSS3))
+  feats = model.features(to_unit_range(images_BHW3))
   return model.head(feats), feats
 
 
@@ -174,7 +174,7 @@ def evaluate_photos(images, labels, cache_dir: str, seed: int = 0) -> dict[str, 
 
   photos_accuracy: the judge names the requested photo; photos_fd: Frechet distance between the
   judge's features of the samples (photos_fd_num_images of them) and of all training crops;
-  photos_classifier_eval_accuracy: the judge on the held-out crops.
+  photos_classifier_eval_accuracy: the judge's own accuracy on the held-out crops.
   """
   images, labels = _validate(images, labels)
   size = images.shape[1]

@@ -1,13 +1,13 @@
 """The causal self-attention kernels behind model.backbone.attention, and the check that the one
 chosen runs on this platform (called at config check and model build, before anything compiles).
 
-  xla     jax.nn.dot_product_attention lowered by XLA: any platform; the [B, H, L, L] logits
+  xla     jax.nn.dot_product_attention lowered by XLA: any platform; the [B, A, L, L] logits
           (and, in training, their softmax) live in memory.
   cudnn   cuDNN's fused flash attention (NVIDIA GPUs, bfloat16 / float16 compute): the logits
           never reach memory and the masked half of the causal square is skipped.
   splash  Pallas splash attention with a causal block mask (TPU): the same, in 128-wide tiles.
 
-Dimension legend: B batch, L tokens, H heads, K head dim.
+Dimension legend (pra_jax's table): B batch, L tokens, A heads, K head dim.
 """
 
 import jax
@@ -63,23 +63,23 @@ def check(cfg, seq_len: int) -> None:
                        f"{seq_len}")
 
 
-def xla(q_BLHK, k_BLHK, v_BLHK):
-  return jax.nn.dot_product_attention(q_BLHK, k_BLHK, v_BLHK, is_causal=True)
+def xla(q_BLAK, k_BLAK, v_BLAK):
+  return jax.nn.dot_product_attention(q_BLAK, k_BLAK, v_BLAK, is_causal=True)
 
 
-def cudnn(q_BLHK, k_BLHK, v_BLHK):
+def cudnn(q_BLAK, k_BLAK, v_BLAK):
   # RoPE and qk-norm keep the compute dtype, which check() made bf16 / f16; the kernel wants
   # all three alike.
-  dtype = q_BLHK.dtype
-  return jax.nn.dot_product_attention(q_BLHK, k_BLHK.astype(dtype), v_BLHK.astype(dtype),
+  dtype = q_BLAK.dtype
+  return jax.nn.dot_product_attention(q_BLAK, k_BLAK.astype(dtype), v_BLAK.astype(dtype),
                                       is_causal=True, implementation="cudnn")
 
 
-def _splash_local(q_BLHK, k_BLHK, v_BLHK, *, interpret: bool):
-  """Splash on one device's shard: the kernel takes [H, L, K] per example, unscaled logits."""
+def _splash_local(q_BLAK, k_BLAK, v_BLAK, *, interpret: bool):
+  """Splash on one device's shard: the kernel takes [A, L, K] per example, unscaled logits."""
   from jax.experimental.pallas.ops.tpu import splash_attention as sa  # TPU-only module.
 
-  _, l, h, k = q_BLHK.shape
+  _, l, h, k = q_BLAK.shape
   tile = max(t for t in (512, 256, SPLASH_TILE) if l % t == 0)
   blocks = sa.BlockSizes(block_q=tile, block_kv=tile, block_kv_compute=tile, block_q_dkv=tile,
                          block_kv_dkv=tile, block_kv_dkv_compute=tile, block_q_dq=tile,
@@ -87,30 +87,30 @@ def _splash_local(q_BLHK, k_BLHK, v_BLHK, *, interpret: bool):
   kernel = sa.make_splash_mha(sa.MultiHeadMask([sa.CausalMask((l, l))] * h), block_sizes=blocks,
                               head_shards=1, q_seq_shards=1, interpret=interpret)
   heads_first = lambda a: jnp.swapaxes(a, 1, 2)
-  q = q_BLHK * jnp.asarray(1.0 / np.sqrt(k), q_BLHK.dtype)
-  out_BHLK = jax.vmap(kernel)(heads_first(q), heads_first(k_BLHK.astype(q.dtype)),
-                              heads_first(v_BLHK.astype(q.dtype)))
-  return heads_first(out_BHLK)
+  q = q_BLAK * jnp.asarray(1.0 / np.sqrt(k), q_BLAK.dtype)
+  out_BALK = jax.vmap(kernel)(heads_first(q), heads_first(k_BLAK.astype(q.dtype)),
+                              heads_first(v_BLAK.astype(q.dtype)))
+  return heads_first(out_BALK)
 
 
-def splash(q_BLHK, k_BLHK, v_BLHK):
-  if q_BLHK.shape[1] % SPLASH_TILE:
+def splash(q_BLAK, k_BLAK, v_BLAK):
+  if q_BLAK.shape[1] % SPLASH_TILE:
     raise ValueError(f"splash attention needs a sequence length that is a multiple of "
-                     f"{SPLASH_TILE}, got {q_BLHK.shape[1]}")
+                     f"{SPLASH_TILE}, got {q_BLAK.shape[1]}")
   # Off TPU only tests get here (check() refuses it): Pallas then interprets the kernel.
   local = lambda q, k, v: _splash_local(q, k, v, interpret=jax.default_backend() != "tpu")
-  spec = layers.logical_spec(q_BLHK.shape, ("act_batch", None, "heads", None))
+  spec = layers.logical_spec(q_BLAK.shape, ("act_batch", None, "heads", None))
   if spec is None:
-    return local(q_BLHK, k_BLHK, v_BLHK)
+    return local(q_BLAK, k_BLAK, v_BLAK)
   # A Pallas call has no partitioning rule for GSPMD: run it per shard (batch over data x
   # fsdp, heads over tensor), where attention needs nothing from other devices.
   return jax.shard_map(local, mesh=jax.sharding.get_abstract_mesh(), in_specs=(spec,) * 3,
-                       out_specs=spec, check_vma=False)(q_BLHK, k_BLHK, v_BLHK)
+                       out_specs=spec, check_vma=False)(q_BLAK, k_BLAK, v_BLAK)
 
 
 KERNELS = {"xla": xla, "cudnn": cudnn, "splash": splash}
 
 
-def causal(q_BLHK, k_BLHK, v_BLHK, implementation: str):
-  """Causal attention of [B, L, H, K] queries, keys and values by the named kernel."""
-  return KERNELS[implementation](q_BLHK, k_BLHK, v_BLHK)
+def causal(q_BLAK, k_BLAK, v_BLAK, implementation: str):
+  """Causal attention of [B, L, A, K] queries, keys and values by the named kernel."""
+  return KERNELS[implementation](q_BLAK, k_BLAK, v_BLAK)

@@ -1,9 +1,9 @@
 """The AR backbone: a causal transformer over [class tokens, embedded pixel patches].
 
-Dimension legend: B batch, L tokens, N patches, M pixel inputs (N - 1 when training), P pixels
-per patch, D width, H heads, K head dim, C class tokens, S cache length (C + N - 1).
-Output h[:, i] is the context for generating patch i, so C class tokens and M inputs give M + 1
-outputs, the first read at the last class token.
+Dimension legend (pra_jax's table): B batch, L tokens, N patches, I pixel inputs (N - 1 when
+training, 1 per decoding step), P pixels per patch, D width, A heads, K head dim, S cache positions
+(class tokens + N - 1). Output h[:, i] is the context for generating patch i, so the class tokens
+and I inputs give I + 1 outputs, the first read at the last class token.
 """
 
 import jax
@@ -63,14 +63,14 @@ class Attention(nnx.Module):
       # Decoding (the class tokens, then one patch a step) stays on XLA's attention whatever
       # backbone.attention says: a query of one token has no [L, L] logits to keep out of
       # memory, and the fused kernels want whole blocks of queries.
-      k_BSHK, v_BSHK = cache
-      k_BSHK = jax.lax.dynamic_update_slice(k_BSHK, k.astype(k_BSHK.dtype), (0, start, 0, 0))
-      v_BSHK = jax.lax.dynamic_update_slice(v_BSHK, v.astype(v_BSHK.dtype), (0, start, 0, 0))
+      k_BSAK, v_BSAK = cache
+      k_BSAK = jax.lax.dynamic_update_slice(k_BSAK, k.astype(k_BSAK.dtype), (0, start, 0, 0))
+      v_BSAK = jax.lax.dynamic_update_slice(v_BSAK, v.astype(v_BSAK.dtype), (0, start, 0, 0))
       query_pos = start + jnp.arange(l)
-      mask_LS = jnp.arange(k_BSHK.shape[1])[None, :] <= query_pos[:, None]
-      out = jax.nn.dot_product_attention(q, k_BSHK.astype(q.dtype), v_BSHK.astype(q.dtype),
+      mask_LS = jnp.arange(k_BSAK.shape[1])[None, :] <= query_pos[:, None]
+      out = jax.nn.dot_product_attention(q, k_BSAK.astype(q.dtype), v_BSAK.astype(q.dtype),
                                          mask=mask_LS[None, None])
-      cache = (k_BSHK, v_BSHK)
+      cache = (k_BSAK, v_BSAK)
     return self.o(out.reshape(b, l, d)), cache
 
 
@@ -146,8 +146,8 @@ class Backbone(nnx.Module):
     tokens = self.class_embed(y_B)[:, None, :] + self.class_pos[...].astype(self.dtype)[None]
     return self._add_pos(tokens, 0)
 
-  def pixel_tokens(self, x_BMP, first_patch):
-    tokens = self.input_proj(x_BMP.astype(self.dtype))
+  def pixel_tokens(self, x_BIP, first_patch):
+    tokens = self.input_proj(x_BIP.astype(self.dtype))
     return self._add_pos(tokens, self.num_class_tokens + first_patch)
 
   # -- the layer stack ------------------------------------------------------------------
@@ -189,26 +189,26 @@ class Backbone(nnx.Module):
     return (self.final_norm(x) if num_layers is None else x), cache
 
   # -- public entry points --------------------------------------------------------------
-  def __call__(self, x_in_BMP, y_B):
-    """Teacher-forced pass: inputs x_1..x_M -> contexts h_1..h_{M+1}, float32 [B, M+1, D]."""
-    tokens = jnp.concatenate([self.class_tokens(y_B), self.pixel_tokens(x_in_BMP, 0)], axis=1)
+  def __call__(self, x_in_BIP, y_B):
+    """Teacher-forced pass: inputs x_1..x_I -> contexts h_1..h_{I+1}, float32 [B, I+1, D]."""
+    tokens = jnp.concatenate([self.class_tokens(y_B), self.pixel_tokens(x_in_BIP, 0)], axis=1)
     h, _ = self._run(tokens, 0)
     return h[:, self.num_class_tokens - 1:].astype(jnp.float32)
 
-  def features(self, x_in_BMP, y_B, layer: int = -1):
+  def features(self, x_in_BIP, y_B, layer: int = -1):
     """Hidden states at the pixel tokens after block `layer` (-1: the final, normed output),
-    float32 [B, M, D]: what a linear probe reads."""
+    float32 [B, I, D]: what a linear probe reads."""
     depth = self.cfg.depth
     if not -depth <= layer < depth:
       raise ValueError(f"probe layer must be in [-{depth}, {depth}) for a depth-{depth} backbone, "
                        f"got {layer}")
     num_layers = None if layer in (-1, depth - 1) else layer % depth + 1
-    tokens = jnp.concatenate([self.class_tokens(y_B), self.pixel_tokens(x_in_BMP, 0)], axis=1)
+    tokens = jnp.concatenate([self.class_tokens(y_B), self.pixel_tokens(x_in_BIP, 0)], axis=1)
     h, _ = self._run(tokens, 0, num_layers=num_layers)
     return h[:, self.num_class_tokens:].astype(jnp.float32)
 
   def init_cache(self, batch: int, dtype=None):
-    """Zeroed keys and values for every layer: a pair of [depth, B, S, H, K] arrays."""
+    """Zeroed keys and values for every layer: a pair of [depth, B, S, A, K] arrays."""
     shape = (self.cfg.depth, batch, self.cache_len, self.cfg.num_heads,
              self.cfg.width // self.cfg.num_heads)
     dtype = dtype or self.dtype

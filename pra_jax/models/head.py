@@ -1,7 +1,9 @@
 """The state generator head H: a small rectified-flow model of z_i given the backbone's h_i.
 
-Dimension legend: M flattened positions (batch x patches x noise draws), Z generated dims (the
-state size, or P pixels in the direct-pixel baseline), D backbone width, W head width.
+Dimension legend (pra_jax's table): M flattened positions (batch x patches; `sample` with
+guidance runs the head on 2M rows, [cond; uncond]), T noise draws per position (flow_loss: a
+vmapped axis of their own, never merged into M), Z state dims (P pixels in the direct-pixel
+baseline), D backbone width (the condition h), F head width (head.width).
 Flow convention: z_t = t * z + (1 - t) * eps, t = 0 is noise and t = 1 data; velocity v = z - eps.
 """
 
@@ -30,10 +32,10 @@ class AdaLNBlock(nnx.Module):
     self.fc1 = layers.dense(w, w, ("head_mlp", "head_mlp_out"), **kw)
     self.fc2 = layers.dense(w, w, ("head_mlp_out", "head_mlp"), **kw)
 
-  def __call__(self, x_MW, c_MW):
-    shift, scale, gate = jnp.split(self.modulation(nnx.silu(c_MW)), 3, axis=-1)
-    y = self.norm(x_MW) * (1 + scale) + shift
-    return x_MW + gate * self.fc2(nnx.silu(self.fc1(y)))
+  def __call__(self, x_MF, c_MF):
+    shift, scale, gate = jnp.split(self.modulation(nnx.silu(c_MF)), 3, axis=-1)
+    y = self.norm(x_MF) * (1 + scale) + shift
+    return x_MF + gate * self.fc2(nnx.silu(self.fc1(y)))
 
 
 class FlowHead(nnx.Module):
@@ -95,23 +97,23 @@ def flow_loss(head: FlowHead, target_MZ, h_MD, key):
   `key`: one key, or [M] per-position keys (pra_jax.rng); position m draws only from its own.
   """
   cfg = head.cfg
-  r = cfg.num_draws
+  draws = cfg.num_draws
   m = target_MZ.shape[0]
   # Several (t, eps) draws per position reuse one backbone pass: the head is cheap, the
   # backbone is not (the "diffusion batch multiplier").
-  target_RMZ = jnp.broadcast_to(target_MZ, (r,) + target_MZ.shape)
-  h_RMD = jnp.broadcast_to(h_MD, (r,) + h_MD.shape)
+  target_TMZ = jnp.broadcast_to(target_MZ, (draws,) + target_MZ.shape)
+  h_TMD = jnp.broadcast_to(h_MD, (draws,) + h_MD.shape)
   keys_M2 = rng.split_each(rng.as_example_keys(key, m), 2)
-  t_RM = jax.vmap(lambda k: sample_time(k, (r,), cfg), out_axes=1)(keys_M2[:, 0])
-  eps_RMZ = jax.vmap(lambda k: jax.random.normal(k, (r, target_MZ.shape[1])),
+  t_TM = jax.vmap(lambda k: sample_time(k, (draws,), cfg), out_axes=1)(keys_M2[:, 0])
+  eps_TMZ = jax.vmap(lambda k: jax.random.normal(k, (draws, target_MZ.shape[1])),
                      out_axes=1)(keys_M2[:, 1])
-  z_t = t_RM[..., None] * target_RMZ + (1.0 - t_RM[..., None]) * eps_RMZ
-  h_RMD = layers.constrain(h_RMD, (None, "act_batch", None))
-  # Draws vmapped, not flattened into the rows: merging R into the batch-sharded M axis has
+  z_t = t_TM[..., None] * target_TMZ + (1.0 - t_TM[..., None]) * eps_TMZ
+  h_TMD = layers.constrain(h_TMD, (None, "act_batch", None))
+  # Draws vmapped, not flattened into the rows: merging T into the batch-sharded M axis has
   # no tiled sharding, so GSPMD would all-gather every data-parallel device's positions.
   v_pred = nnx.vmap(lambda hd, z, t, h: hd.velocity(z, t, h), in_axes=(None, 0, 0, 0))(
-      head, z_t, t_RM, h_RMD)
-  v_target = target_RMZ - eps_RMZ
+      head, z_t, t_TM, h_TMD)
+  v_target = target_TMZ - eps_TMZ
   return jnp.mean(jnp.square(v_pred - v_target), axis=(0, 2))
 
 

@@ -1,7 +1,7 @@
 """Building blocks shared by the backbone, the flow head and the state networks.
 
-Dimension legend: B batch, L sequence, M flattened positions, D width, F mlp width, H heads,
-K head dim, W head width, Z state dims, P pixels per patch.
+Dimension legend (pra_jax's table): B batch, L tokens, M flattened positions, D width, A heads,
+K head dim.
 """
 
 import math
@@ -100,24 +100,24 @@ class Mlp(nnx.Module):
     return self.down(nnx.gelu(self.up(x)))
 
 
-def rope_2d(x_BLHK: jax.Array, rows_L: jax.Array, cols_L: jax.Array,
+def rope_2d(x_BLAK: jax.Array, rows_L: jax.Array, cols_L: jax.Array,
             theta: float = 10000.0) -> jax.Array:
   """Rotary embedding over two axes: half the head dims turn with the row, half with the column."""
-  k = x_BLHK.shape[-1]
+  k = x_BLAK.shape[-1]
   if k % 4:
     raise ValueError(f"2-D RoPE needs a head dim divisible by 4, got {k}")
   quarter = k // 4
   freqs = theta ** (-jnp.arange(quarter, dtype=jnp.float32) / quarter)
 
   def rotate(x_half, pos_L):
-    angle_LQ = pos_L.astype(jnp.float32)[:, None] * freqs[None, :]
-    cos, sin = jnp.cos(angle_LQ)[None, :, None, :], jnp.sin(angle_LQ)[None, :, None, :]
+    angle = pos_L.astype(jnp.float32)[:, None] * freqs[None, :]  # [L, K / 4]
+    cos, sin = jnp.cos(angle)[None, :, None, :], jnp.sin(angle)[None, :, None, :]
     a, b = jnp.split(x_half.astype(jnp.float32), 2, axis=-1)
     return jnp.concatenate([a * cos - b * sin, a * sin + b * cos], axis=-1)
 
-  x_row, x_col = jnp.split(x_BLHK, 2, axis=-1)
+  x_row, x_col = jnp.split(x_BLAK, 2, axis=-1)
   out = jnp.concatenate([rotate(x_row, rows_L), rotate(x_col, cols_L)], axis=-1)
-  return out.astype(x_BLHK.dtype)
+  return out.astype(x_BLAK.dtype)
 
 
 def timestep_embedding(t_M: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:

@@ -1,7 +1,7 @@
 """The whole PRA model: state encoder, pixel decoder, AR backbone and flow head in one module.
 
-Dimension legend: B batch, N patches, P pixels per patch, Z state dims, G generated dims
-(Z, or P for the direct-pixel baseline), D backbone width.
+Dimension legend (pra_jax's table): B batch, H/W/C image height/width/channels, N patches,
+P pixels per patch, Z state dims (P for the direct-pixel baseline), D backbone width.
 """
 
 import jax
@@ -74,11 +74,11 @@ class PRA(nnx.Module):
     """The head's target: the state z = E(x), or the pixels themselves when direct."""
     return x_BNP if self.direct_pixel else self.encoder(x_BNP)
 
-  def decode(self, g_BNG, h_BND=None):
+  def decode(self, g_BNZ, h_BND=None):
     """Generated state -> pixels (the identity for the direct-pixel baseline)."""
     if self.direct_pixel:
-      return g_BNG
-    return self.decoder(g_BNG, h_BND if self.decoder_uses_context else None)
+      return g_BNZ
+    return self.decoder(g_BNZ, h_BND if self.decoder_uses_context else None)
 
 
 def count_params(model: nnx.Module) -> dict[str, int]:

@@ -1,7 +1,8 @@
 """State encoder E (patch -> z) and pixel decoder G (z -> patch), applied per patch.
 
-Dimension legend: M positions (any leading axes), P pixels per patch, Z state dims, W width,
-D backbone width (the optional decoder context).
+Dimension legend (pra_jax's table): M positions (any leading axes: [B, N] or one flattened axis),
+P pixels per patch, Z state dims, D backbone width (the optional decoder context); the networks'
+hidden width F is state.width.
 """
 
 import jax.numpy as jnp

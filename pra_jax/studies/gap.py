@@ -4,10 +4,11 @@ that says whether the model reads its prefix at all.
 
   python -m pra_jax.gap --config=configs/demo.py --workdir=DIR   (the CLI: pra_jax/gap.py)
 
-Dimension legend: B images, N patches, P pixels per patch, G generated dims (Z, or P for the
-direct-pixel baseline), D backbone width. Every kind is scored against the same target with
-the same flow-loss draws (common random numbers). Kinds are rollout's input modes
-(pra_jax.rollout.build_inputs, the very inputs that training on that mode sees), plus 'other':
+Dimension legend (pra_jax's table): B images, N patches, I = N - 1 backbone inputs, P pixels
+per patch, Z state dims (P for the direct-pixel baseline), D backbone width. Every kind is scored
+against the same target with the same flow-loss draws (common random numbers). Kinds are
+rollout's input modes (pra_jax.rollout.build_inputs, the very inputs that training on that mode
+sees), plus 'other':
 
 | kind        | backbone input at position j < i                                                |
 | teacher     | x_j, the image's own pixels                                                     |
@@ -82,11 +83,11 @@ def same_class_partners(labels: np.ndarray) -> np.ndarray:
   return partner
 
 
-def head_loss_BN(model, x_in_BMP, y_B, target_BNG, key, num_calls: int):
+def head_loss_BN(model, x_in_BIP, y_B, target_BNZ, key, num_calls: int):
   """Flow loss per position of the target given the inputs: num_calls x head.num_draws draws."""
-  b, n, _ = target_BNG.shape
-  h = model.backbone(x_in_BMP, y_B).reshape(b * n, -1)
-  target = target_BNG.reshape(b * n, -1)
+  b, n, _ = target_BNZ.shape
+  h = model.backbone(x_in_BIP, y_B).reshape(b * n, -1)
+  target = target_BNZ.reshape(b * n, -1)
   total = sum(head_lib.flow_loss(model.head, target, h, jax.random.fold_in(key, c))
               for c in range(num_calls))
   return (total / num_calls).reshape(b, n)
@@ -96,8 +97,8 @@ def head_loss_BN(model, x_in_BMP, y_B, target_BNG, key, num_calls: int):
 def _gap_batch(model, images, other_images, labels, key, configs, num_calls, num_rollouts, step):
   """{kind: per-image, per-position head loss [B, N]} for one batch of held-out images."""
   x_BNP = model.to_patches(images)
-  z_BNG = model.encode(x_BNP)
-  target = jax.lax.stop_gradient(z_BNG)
+  z_BNZ = model.encode(x_BNP)
+  target = jax.lax.stop_gradient(z_BNZ)
   key_loss, key_inputs = jax.random.split(key)
   # The same loss key for every kind: their differences are not noise of the flow-loss draws.
   loss = lambda x_in: head_loss_BN(model, x_in, labels, target, key_loss, num_calls)
@@ -109,7 +110,7 @@ def _gap_batch(model, images, other_images, labels, key, configs, num_calls, num
     draws = 1 if kind == "teacher" else num_rollouts
     key_kind = jax.random.fold_in(key_inputs, KINDS.index(kind))
     out[kind] = sum(loss(jax.lax.stop_gradient(rollout.build_inputs(
-        model, x_BNP, z_BNG, labels, jax.random.fold_in(key_kind, r), step, config)))
+        model, x_BNP, z_BNZ, labels, jax.random.fold_in(key_kind, r), step, config)))
         for r in range(draws)) / draws
   return out
 
