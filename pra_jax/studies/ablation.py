@@ -21,7 +21,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from pra_jax import checkpoint, data, grids, run_state, sampler, sharding
+from pra_jax import checkpoint, config_check, data, files, grids, run_state, sampler, sharding
 from pra_jax.studies import gap, report
 
 MODES = ("teacher", "pixel_noise", "recon", "pra", "head_sample", "exact", "direct_x", "direct_v")

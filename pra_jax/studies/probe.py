@@ -18,7 +18,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from pra_jax import data
+from pra_jax import batching, data
 
 
 def load_split(config, split: str, max_images: int | None = None):
