@@ -16,6 +16,7 @@ import time
 
 import jax
 import numpy as np
+from flax import traverse_util
 from absl import logging
 
 from pra_jax import (config_check, checkpoint, grids, run_state, sample_parallel, sample_store,
@@ -71,10 +72,7 @@ class Plan:
 
 
 def _flat(tree: dict, prefix: str) -> dict:
-  out = {}
-  for k, v in tree.items():
-    out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-  return out
+  return {prefix + k: v for k, v in traverse_util.flatten_dict(tree, sep=".").items()}
 
 
 def _manifest(plan: Plan, config, checkpoint_dir: str) -> dict:

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
-from flax import nnx
+from flax import nnx, traverse_util
 
 from pra_jax import (checkpoint, config_check, data, grids, periodic_eval, profiling, run_state,
                      sharding)
@@ -43,15 +43,10 @@ def _make_writer(workdir: str):
   return metric_writers.AsyncMultiWriter(writers)
 
 
-def _flat_hparams(tree: dict, prefix: str = "") -> dict:
+def _flat_hparams(tree: dict) -> dict:
   """Nested config -> {'model.backbone.width': 768, ...} of scalars, as TensorBoard wants them."""
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      out.update(_flat_hparams(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
-  return out
+  return {k: v if isinstance(v, (int, float, str, bool)) else str(v)
+          for k, v in traverse_util.flatten_dict(tree, sep=".").items()}
 
 
 class _Abort(Exception):

@@ -13,7 +13,7 @@ import pytest
 from absl import logging as absl_logging
 
 from configs import tiny
-from pra_jax import checkpoint, run_state, train
+from pra_jax import checkpoint, config_check, run_state, train
 
 
 def _config(**train_overrides):
@@ -76,21 +76,13 @@ def test_only_identity_keys_refuse_a_resume(trained):
                      ("model.head.num_draws", 3), ("rollout.mode", "teacher"),
                      ("train.lr", 5e-4), ("sharding.mesh.fsdp", 2)):
     config = _config()
-    section, leaf = key.rsplit(".", 1)
-    node = config
-    for part in section.split("."):
-      node = node[part]
-    node[leaf] = value
+    config_check.set_field(config, key, value)
     plan = checkpoint.check_workdir(trained, config)
     assert list(plan.changes) == [key] and not plan.replace_checkpoints, (key, plan.changes)
   for key, value in (("model.backbone.width", 64), ("model.state.decoder_context", True),
                      ("data.image_size", 8), ("seed", 1)):
     config = _config()
-    section, leaf = key.rsplit(".", 1) if "." in key else ("", key)
-    node = config
-    for part in filter(None, section.split(".")):
-      node = node[part]
-    node[leaf] = value
+    config_check.set_field(config, key, value)
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
       checkpoint.check_workdir(trained, config)
 
@@ -195,11 +187,7 @@ def test_a_save_that_fails_leaves_the_previous_checkpoint(run, monkeypatch):
 ])
 def test_bad_values_are_refused_before_anything_runs(key, value, match, tmp_path):
   config = _config()
-  section, leaf = key.rsplit(".", 1)
-  node = config
-  for part in section.split("."):
-    node = node[part]
-  node[leaf] = value
+  config_check.set_field(config, key, value)
   with pytest.raises(ValueError, match=match) as err:
     train.train_and_evaluate(config, str(tmp_path / "run"))
   assert getattr(err.value, "pra_jax_user_error", False)  # Marked for one-line reporting.

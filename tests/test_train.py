@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from pra_jax import checkpoint, train
+from pra_jax import checkpoint, config_check, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -81,11 +81,7 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, module, args, message):
 ])
 def test_bad_config_values_fail_before_compiling(tmp_path, field, value, match):
   config = tiny.get_config()
-  section, key = field.rsplit(".", 1)
-  node = config
-  for part in section.split("."):
-    node = node[part]
-  node[key] = value
+  config_check.set_field(config, field, value)
   with pytest.raises(ValueError, match=match):
     train.train_and_evaluate(config, str(tmp_path))
   assert not os.path.exists(tmp_path / "checkpoints")

@@ -180,11 +180,12 @@ def load_params(path: str, make_model):
   return nnx.merge(graphdef, state)
 
 
-def cached_classifier(path: str, load, train, what: str):
-  """load(path) if the cache is good; else train(), cache it and return it (a bad file warns)."""
+def cached_classifier(path: str, make_model, train, what: str):
+  """The judge stored at `path` (loaded into make_model()'s structure) if the cache is good;
+  else train(), cache it and return it (a bad file warns)."""
   if os.path.exists(path):
     try:
-      return load(path)
+      return load_params(path, make_model)
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
       warnings.warn(f"{what} judge cache {path} is unreadable ({e}); retraining",
                     RuntimeWarning, stacklevel=3)
@@ -193,24 +194,28 @@ def cached_classifier(path: str, load, train, what: str):
   return model
 
 
-def _load(path: str, image_size: int) -> DigitsClassifier:
-  return load_params(path, lambda: DigitsClassifier(image_size, rngs=nnx.Rngs(0)))
-
-
 def load_or_train_classifier(image_size: int, cache_dir: str, seed: int = 0) -> DigitsClassifier:
   """The cached judge for image_size; trains and caches it on first use or a bad file."""
   return cached_classifier(cache_path(cache_dir, image_size, seed),
-                           lambda path: _load(path, image_size),
+                           lambda: DigitsClassifier(image_size, rngs=nnx.Rngs(0)),
                            lambda: train_classifier(image_size, seed), "digits")
 
 
 # ----------------------------------------------------------------------------- scoring
 
 @jax.jit
-def _forward(graphdef, state, images_BHW1):
+def _forward(graphdef, state, images_BHWC):
   model = nnx.merge(graphdef, state)
-  feats = model.features(to_unit_range(images_BHW1))
+  feats = model.features(to_unit_range(images_BHWC))
   return model.head(feats), feats
+
+
+def judge_outputs(model, images_XHWC: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(logits, features) of either judge (its `features` and `head`) as float32 numpy, in
+  fixed-size batches: every call reuses one compiled shape."""
+  graphdef, state = nnx.split(model)
+  return batching.map_rows(lambda _, images_B: _forward(graphdef, state, images_B), _EVAL_BATCH,
+                           np.asarray(images_XHWC))
 
 
 def classifier_outputs(model: DigitsClassifier,
@@ -220,10 +225,7 @@ def classifier_outputs(model: DigitsClassifier,
   if images.ndim != 4 or images.shape[1:] != (model.image_size, model.image_size, 1):
     raise ValueError(f"the judge reads [n, {model.image_size}, {model.image_size}, 1] images, "
                      f"got shape {images.shape}")
-  graphdef, state = nnx.split(model)
-  # Fixed-size batches: every call reuses one compiled shape.
-  return batching.map_rows(lambda _, images_B: _forward(graphdef, state, images_B), _EVAL_BATCH,
-                           images)
+  return judge_outputs(model, images)
 
 
 def classifier_features(model: DigitsClassifier, images: np.ndarray) -> np.ndarray:

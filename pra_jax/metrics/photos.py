@@ -22,15 +22,13 @@ import numpy as np
 import optax
 from flax import nnx
 
-from pra_jax import batching
 from pra_jax.data import PHOTOS_NUM_CLASSES, load_photos_split
-from pra_jax.metrics.digits import cached_classifier, load_params, to_unit_range
+from pra_jax.metrics.digits import cached_classifier, judge_outputs, to_unit_range
 from pra_jax.metrics.fid import feature_statistics, frechet_distance
 
 # Bump whenever the architecture, preprocessing or training recipe changes (part of the file name).
 CACHE_VERSION = 1
 FEATURE_DIM = 64
-_EVAL_BATCH = 512
 
 
 class PhotosClassifier(nnx.Module):
@@ -122,33 +120,18 @@ def cache_path(cache_dir: str, image_size: int, seed: int = 0) -> str:
   return os.path.join(cache_dir, f"photos_classifier_v{CACHE_VERSION}_s{image_size}_seed{seed}.npz")
 
 
-def _load(path: str, image_size: int) -> PhotosClassifier:
-  return load_params(path, lambda: PhotosClassifier(image_size, rngs=nnx.Rngs(0)))
-
-
 def load_or_train_classifier(image_size: int, cache_dir: str, seed: int = 0) -> PhotosClassifier:
   """The cached judge for image_size; trains and caches it on first use or a bad file."""
   return cached_classifier(cache_path(cache_dir, image_size, seed),
-                           lambda path: _load(path, image_size),
+                           lambda: PhotosClassifier(image_size, rngs=nnx.Rngs(0)),
                            lambda: train_classifier(image_size, seed), "photos")
 
 
 # ----------------------------------------------------------------------------- scoring
 
-@jax.jit
-def _forward(graphdef, state, images_BHW3):
-  model = nnx.merge(graphdef, state)
-  feats = model.features(to_unit_range(images_BHW3))
-  return model.head(feats), feats
-
-
 def classifier_outputs(model: PhotosClassifier, images) -> tuple[np.ndarray, np.ndarray]:
   """(logits [n, 10], features [n, FEATURE_DIM]) as float32 numpy, in fixed-size batches."""
-  images = np.asarray(images)
-  graphdef, state = nnx.split(model)
-  # Fixed-size batches: every call reuses one compiled shape.
-  return batching.map_rows(lambda _, images_B: _forward(graphdef, state, images_B), _EVAL_BATCH,
-                           images)
+  return judge_outputs(model, images)
 
 
 def _validate(images, labels) -> tuple[np.ndarray, np.ndarray]:

@@ -19,6 +19,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from flax import traverse_util
 from absl import logging
 
 from pra_jax import checkpoint, config_check, data, files, grids, run_state, sampler, sharding
@@ -184,17 +185,11 @@ def check_budget(workdir: str, num_steps: int, config_json: str | None = None) -
                      f"{num_steps}: use a new --workdir (or the old --num_steps)")
   recorded = (budget or {}).get("config")
   if recorded is not None and config_json is not None and recorded != config_json:
-    diff = sorted(k for k in set(_flat(json.loads(recorded))) | set(_flat(json.loads(config_json)))
-                  if _flat(json.loads(recorded)).get(k) != _flat(json.loads(config_json)).get(k))
+    then = traverse_util.flatten_dict(json.loads(recorded), sep=".")
+    now = traverse_util.flatten_dict(json.loads(config_json), sep=".")
+    diff = sorted(k for k in set(then) | set(now) if then.get(k) != now.get(k))
     raise ValueError(f"{workdir} was trained with another config (differs in {diff[:5]}): use a "
                      f"new --workdir for the new runs")
-
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-  out = {}
-  for k, v in tree.items():
-    out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-  return out
 
 
 def train_run(config, workdir: str) -> dict:
