@@ -16,7 +16,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from pra_jax import run_state, sharding  # noqa: E402
+from pra_jax import sharding  # noqa: E402, train_step
 
 
 def machine() -> str:
@@ -65,15 +65,15 @@ def synthetic_batch(config, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 class TrainStep:
-  """run_state.train_step jitted exactly as train_and_evaluate jits it, on all local devices."""
+  """train_step.train_step jitted exactly as train_and_evaluate jits it, on all local devices."""
 
   def __init__(self, config, state=None, graphdef=None):
     self.config = config
     self.mesh = sharding.make_mesh(config.sharding.mesh)
     if state is None:
-      graphdef, state = nnx.split(run_state.create_bundle(config, self.mesh))
+      graphdef, state = nnx.split(train_step.create_bundle(config, self.mesh))
     self.graphdef, self.state = graphdef, state
-    self.fn = run_state.jit_train_step(graphdef, state, config)
+    self.fn = train_step.jit_train_step(graphdef, state, config)
     self.step = 0
     self.compiled = None
 

@@ -17,7 +17,7 @@ import _common as C  # Puts the repository on sys.path.
 import jax
 import jax.numpy as jnp
 
-from pra_jax import run_state, sharding
+from pra_jax import sharding, train_step
 from pra_jax.models import layers
 
 
@@ -79,7 +79,7 @@ def sample_flops(config, num_steps: int | None = None, solver: str | None = None
                  cfg: float | None = None) -> dict[str, float]:
   """Analytic FLOPs of generating one image with the KV-cached sampler, by component.
 
-  Counted as the sampler computes it (sampler.sample_patches), matmuls only: the backbone runs the
+  Counted as the sampler computes it (ar_loop.sample_patches), matmuls only: the backbone runs the
   class tokens (prefill) and N - 1 patch tokens, each through every layer's dense layers and
   attention against the whole cache buffer of C + N - 1 slots (masked, not skipped), on 2 rows
   with CFG (conditional and null class); the head runs N positions x num_steps ODE steps x
@@ -111,7 +111,7 @@ def xla_flops(config, batch: int) -> float:
   config = copy.deepcopy(config)
   config.model.backbone.scan_layers = False
   mesh = sharding.make_mesh(config.sharding.mesh)
-  compiled = run_state.compile_train_step(config, mesh, batch)[0]
+  compiled = train_step.compile_train_step(config, mesh, batch)[0]
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float(cost.get("flops", float("nan"))) if cost else float("nan")

@@ -2,7 +2,7 @@
 
   python benchmarks/bench_compile.py --config=configs/pra_l.py
 
-What is compiled: run_state.train_step exactly as train_and_evaluate jits it (state donated, its
+What is compiled: train_step.train_step exactly as train_and_evaluate jits it (state donated, its
 shardings fixed), lowered on abstract inputs (nothing allocated) for one device at a small
 global batch: the batch changes buffer sizes, not the program XLA has to compile. Both
 variants are compiled in the same process, unrolled first, so the scanned one gains no warm
@@ -16,7 +16,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from pra_jax import run_state, sharding
+from pra_jax import sharding, train_step
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/pra_l.py", "Config to compile.")
 _QUICK = flags.DEFINE_bool("quick", False, "Accepted for uniformity; use a small --config.")
@@ -32,7 +32,7 @@ def main(argv):
   for scan in (False, True):
     config.model.backbone.scan_layers = scan
     t0 = time.perf_counter()
-    _, _, lower_s, compile_s = run_state.compile_train_step(config, mesh, _BATCH.value)
+    _, _, lower_s, compile_s = train_step.compile_train_step(config, mesh, _BATCH.value)
     times[scan] = (lower_s, compile_s, time.perf_counter() - t0)
   b = config.model.backbone
   on, off = times[True], times[False]

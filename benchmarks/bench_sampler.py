@@ -4,7 +4,7 @@ throughput at a batch that fills the machine, with its FLOP utilisation.
 
   python benchmarks/bench_sampler.py --config=benchmarks/mid.py
 
-Both totals time sampler.sample_patches to uint8 images as sampler.generate runs it (one compiled
+Both totals time ar_loop.sample_patches to uint8 images as ar_loop.generate runs it (one compiled
 loop over all positions, compiled ahead of time and excluded). The per-token times come from the
 same work done one position per call: a KV-cached backbone step, the head's ODE (with CFG when
 sample.cfg != 1) and the pixel decoder. Throughput runs what python -m pra_jax.sample runs (the
@@ -25,7 +25,7 @@ from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
-from pra_jax import sample_parallel, sampler
+from pra_jax.sampling import ar_loop, data_parallel
 from pra_jax.models import head as head_lib
 from pra_jax.models import layers
 from pra_jax.models import pra
@@ -33,8 +33,8 @@ from pra_jax.models import pra
 _CONFIG = config_flags.DEFINE_config_file("config", "benchmarks/mid.py", "Config to time.")
 _QUICK = flags.DEFINE_bool("quick", False, "One repeat of each (for the tests).")
 _BATCH = flags.DEFINE_integer("batch", 1, "Images per sampling call.")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls of the KV-cached sampler.")
-_FULL = flags.DEFINE_integer("full_repeats", 1, "Timed calls of the full-recompute sampler.")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls of the KV-cached ar_loop.")
+_FULL = flags.DEFINE_integer("full_repeats", 1, "Timed calls of the full-recompute ar_loop.")
 _THROUGHPUT_BATCH = flags.DEFINE_integer("throughput_batch", 64,
                                          "Images per call for the throughput figure.")
 
@@ -42,14 +42,14 @@ FLAT_TARGET = 1.5
 
 
 def compiled_sampler(model, labels, key, settings):
-  """sampler.sample_patches to uint8 images, as sampler.generate runs it, compiled up front."""
+  """ar_loop.sample_patches to uint8 images, as ar_loop.generate runs it, compiled up front."""
   graphdef, state = nnx.split(model)
 
   def generate(state, labels):
     m = nnx.merge(graphdef, state)
-    return m.to_images(sampler.sample_patches(m, labels, key, settings)[0])
+    return m.to_images(ar_loop.sample_patches(m, labels, key, settings)[0])
 
-  labels = jnp.asarray(sampler.check_labels(labels, model.num_classes))
+  labels = jnp.asarray(ar_loop.check_labels(labels, model.num_classes))
   compiled = jax.jit(generate).lower(state, labels).compile()
   return lambda: compiled(state, labels)
 
@@ -71,8 +71,8 @@ def sampler_matmul_peak(dtype, sizes=(512, 1024, 2048), repeats: int = 5) -> tup
   return best, best_n
 
 
-def sampler_flops(config, settings: sampler.SampleSettings) -> dict[str, float]:
-  """Analytic FLOPs of generating one image, as sampler.sample_patches computes it.
+def sampler_flops(config, settings: ar_loop.SampleSettings) -> dict[str, float]:
+  """Analytic FLOPs of generating one image, as ar_loop.sample_patches computes it.
 
   Matrix multiplies only (2 FLOPs per multiply-add). Rows per image: 2 when guided ([cond;
   uncond]) through the backbone and the head, 1 through the decoder. Backbone: the class tokens
@@ -102,7 +102,7 @@ def sampler_flops(config, settings: sampler.SampleSettings) -> dict[str, float]:
           "total": backbone + head + decoder}
 
 
-def xla_position_flops(config, settings: sampler.SampleSettings) -> tuple[float, float]:
+def xla_position_flops(config, settings: ar_loop.SampleSettings) -> tuple[float, float]:
   """(XLA's, analytic) FLOPs of one position for one image with one head ODE step: a cached
   backbone step, one head velocity evaluation and the decoder, compiled from abstract weights
   with the layer stack unrolled (XLA's cost analysis counts a loop body once)."""
@@ -137,8 +137,8 @@ def xla_position_flops(config, settings: sampler.SampleSettings) -> tuple[float,
 def throughput(model, config, settings, batch: int, repeats: int) -> tuple[float, float, int]:
   """(images/s, seconds per call, batch) of the data-parallel generator at `batch` images per
   call (rounded up to a multiple of the local device count), compiled before timing."""
-  mesh = sample_parallel.sampling_mesh(jax.local_devices())
-  generator = sample_parallel.DataParallelGenerator(model, mesh, settings, 0,
+  mesh = data_parallel.sampling_mesh(jax.local_devices())
+  generator = data_parallel.DataParallelGenerator(model, mesh, settings, 0,
                                                     -(-batch // mesh.size))
   index = np.arange(generator.batch)
   labels = (index % config.data.num_classes).astype(np.int32)
@@ -152,7 +152,7 @@ def per_token_times(model, labels, settings, key) -> tuple[list[float], list[flo
   graphdef, state = nnx.split(model)
   b = labels.shape[0]
   guided = settings.cfg != 1.0
-  scales = sampler.cfg_scales(settings, model.num_patches)
+  scales = ar_loop.cfg_scales(settings, model.num_patches)
 
   @jax.jit
   def token(state, x_RP, i, cache):
@@ -204,7 +204,7 @@ def main(argv):
                                      (256, 512) if _QUICK.value else (512, 1024, 2048))
   model = pra.create_model(config)
   labels = np.arange(_BATCH.value, dtype=np.int32) % config.data.num_classes
-  settings = sampler.SampleSettings.from_config(config.sample)
+  settings = ar_loop.SampleSettings.from_config(config.sample)
   key = jax.random.key(0)
 
   total = {}

@@ -25,7 +25,7 @@ from flax import nnx  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from benchmarks import _common  # noqa: E402
-from pra_jax import periodic_eval, rng, run_state, sampler  # noqa: E402
+from pra_jax import periodic_eval, rng, sampler  # noqa: E402, restore
 from pra_jax.metrics import digits  # noqa: E402
 from pra_jax.models import state as state_lib  # noqa: E402
 
@@ -37,7 +37,7 @@ _CFGS = flags.DEFINE_list("cfg", ["1", "4"], "Guidance scales.")
 
 @nnx.jit(static_argnames=("settings",))
 def _states_and_images(model, labels, keys, settings):
-  x_BNP, g_BNZ = sampler.sample_patches(model, labels, keys, settings)
+  x_BNP, g_BNZ = ar_loop.sample_patches(model, labels, keys, settings)
   return g_BNZ, model.to_images(x_BNP)
 
 
@@ -46,13 +46,13 @@ def main(argv):
   config = _CONFIG.value
   if config.model.direct_pixel:
     raise app.UsageError("a direct-pixel model has no state to project")
-  model, _, step = run_state.restore_for_sampling(config, _WORKDIR.value, use_ema=True)
+  model, _, step = restore.restore_for_sampling(config, _WORKDIR.value, use_ema=True)
   labels = periodic_eval.balanced_labels(_NUM.value, config.data.num_classes)
   judge_cache = os.path.join(_WORKDIR.value, "eval_cache")
   norm = config.model.state.norm
   parts = []
   for cfg in map(float, _CFGS.value):
-    settings = dataclasses.replace(sampler.SampleSettings.from_config(config.sample), cfg=cfg)
+    settings = dataclasses.replace(ar_loop.SampleSettings.from_config(config.sample), cfg=cfg)
     for project in (True, False):
       model.decoder.project_kind = norm if project else "none"
       gs, ims = [], []

@@ -1,5 +1,5 @@
 """The ablation study: every backbone input mode and the direct-pixel baselines at one budget
-(pra_jax/studies/ablation.py runs it and says how it is scored).
+(pra_jax/studies/input_mode_study.py runs it and says how it is scored).
 
   python -m pra_jax.ablate --config=configs/demo.py --workdir=/tmp/pra_ablation
   python -m pra_jax.ablate --config=configs/photos.py --workdir=/tmp/pra_photos_study
@@ -11,9 +11,9 @@ import logging as std_logging
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from pra_jax.studies import ablation as A
+from pra_jax.studies import input_mode_study as A
 
-# Unset flags take the data source's default study (ablation.STUDIES).
+# Unset flags take the data source's default study (input_mode_study.STUDIES).
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Base config.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Study directory: one subfolder per run.")
 _QUICK = flags.DEFINE_bool("quick", False, f"{A.QUICK_STEPS} steps a run and a handful of "

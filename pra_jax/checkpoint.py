@@ -284,6 +284,25 @@ class Checkpointer:
       raise ValueError(f"no readable tree metadata in {self.directory}/{step}/state")
     return signature
 
+  def newest_step(self, target_state, *, changes=None) -> int | None:
+    """The newest step whose metadata reads and whose saved tree holds `target_state`'s leaves,
+    compared within `target_state`'s top-level parts only (so a part, e.g. {'ema': ...}, can be
+    looked for alone); None if there is none. A mismatch raises ConfigMismatch, as in
+    restore_latest; an unreadable step is skipped with a warning."""
+    want = tree_signature(target_state)
+    parts = {k.split(".")[0] for k in want}
+    for step in reversed(self.all_steps()):
+      try:
+        saved = self.saved_signature(step)
+      except Exception as e:  # pylint: disable=broad-except
+        self._unreadable(step, e)
+        continue
+      saved = {k: v for k, v in saved.items() if k.split(".")[0] in parts}
+      if saved != want:
+        raise ConfigMismatch(self._mismatch_message(step, saved, want, changes))
+      return step
+    return None
+
   def restore_latest(self, target_state, data_iter=None, *, changes=None):
     """(state, step) of the newest checkpoint that restores, or (None, None) if there is none.
 

@@ -9,7 +9,9 @@ import difflib
 import math
 import sys
 
-from pra_jax import data, optim, profiling, rollout, sampler
+from pra_jax import data, optim, profiling, rollout
+
+from pra_jax.sampling import ar_loop
 from pra_jax.models import attention, backbone, head, layers, state
 
 EXIT_USER_ERROR = 2
@@ -36,7 +38,7 @@ _CHOICES = {
     "train.lr_schedule": optim.LR_SCHEDULES,
     "train.nonfinite": optim.NONFINITE,
     "sample.solver": head.SOLVERS,
-    "sample.cfg_schedule": sampler.CFG_SCHEDULES,
+    "sample.cfg_schedule": ar_loop.CFG_SCHEDULES,
 }
 _POSITIVE = ("data.image_size", "data.num_classes", "model.patch_size", "model.backbone.width",
              "model.backbone.depth", "model.backbone.num_heads", "model.head.width",

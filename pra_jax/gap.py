@@ -1,4 +1,4 @@
-"""The train-inference gap of a trained run on held-out images (pra_jax/studies/gap.py says
+"""The train-inference gap of a trained run on held-out images (pra_jax/studies/rollout_gap.py says
 what each number means).
 
   python -m pra_jax.gap --config=configs/demo.py --workdir=DIR
@@ -7,7 +7,7 @@ what each number means).
 from absl import app, flags
 from ml_collections import config_flags
 
-from pra_jax.studies import gap
+from pra_jax.studies import rollout_gap
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file of the trained run.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory with checkpoints.")
@@ -18,7 +18,7 @@ _NUM_IMAGES = flags.DEFINE_integer("num_images", None, "About this many held-out
 _NOISE_DRAWS = flags.DEFINE_integer("noise_draws", 16, "Flow-loss (t, eps) draws per position, "
                                     "rounded up to a multiple of head.num_draws.")
 _NUM_ROLLOUTS = flags.DEFINE_integer("num_rollouts", 2, "Sampled-input draws per image.")
-_KINDS = flags.DEFINE_list("kinds", list(gap.DEFAULT_KINDS), f"Input kinds, from {gap.KINDS} "
+_KINDS = flags.DEFINE_list("kinds", list(rollout_gap.DEFAULT_KINDS), f"Input kinds, from {rollout_gap.KINDS} "
                            "(teacher and other are always measured).")
 _SEED = flags.DEFINE_integer("seed", 0, "Key of every draw.")
 _STEPS = flags.DEFINE_integer("steps", None, "Head ODE steps of the sampled kinds "
@@ -33,16 +33,16 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if _CONFIG.value is None or _WORKDIR.value is None:
     raise app.UsageError("--config and --workdir are required")
-  unknown = set(_KINDS.value) - set(gap.KINDS)
+  unknown = set(_KINDS.value) - set(rollout_gap.KINDS)
   if unknown:
-    raise app.UsageError(f"--kinds must be among {gap.KINDS}, got {sorted(unknown)}")
-  result, png = gap.run(_CONFIG.value, _WORKDIR.value, outdir=_OUTDIR.value,
+    raise app.UsageError(f"--kinds must be among {rollout_gap.KINDS}, got {sorted(unknown)}")
+  result, png = rollout_gap.run(_CONFIG.value, _WORKDIR.value, outdir=_OUTDIR.value,
                         num_images=_NUM_IMAGES.value, noise_draws=_NOISE_DRAWS.value,
                         num_rollouts=_NUM_ROLLOUTS.value, seed=_SEED.value,
                         use_ema=not _RAW_WEIGHTS.value, kinds=tuple(_KINDS.value),
                         num_steps=_STEPS.value, couple_t0=_COUPLE_T0.value)
-  kinds = [k for k in gap.KINDS if k in result]
-  print(gap.summary_line(result))
+  kinds = [k for k in rollout_gap.KINDS if k in result]
+  print(rollout_gap.summary_line(result))
   print("position    " + " ".join(f"{p:>6d}" for p in result["position"]))
   for k in kinds:
     print(f"{k:>11} " + " ".join(f"{v:6.3f}" for v in result[k]))

@@ -6,7 +6,7 @@ prints it as a table; pra_jax/tools/plan.py says how to read it (what is exact, 
 import jax
 import numpy as np
 
-from pra_jax import config_check, run_state, sharding
+from pra_jax import config_check, sharding, train_step
 
 GIB = 1024 ** 3
 
@@ -53,7 +53,7 @@ def plan(config, num_devices: int, mesh_cfg=None, *, devices=None,
                      f"{sharding.batch_divisor(mesh)}")
   config_check.check_microbatches(config, sharding.batch_divisor(mesh))
 
-  compiled, state, lower_s, compile_s = run_state.compile_train_step(config, mesh, global_batch)
+  compiled, state, lower_s, compile_s = train_step.compile_train_step(config, mesh, global_batch)
   mem = compiled.memory_analysis()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost

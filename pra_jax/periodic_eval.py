@@ -10,7 +10,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from pra_jax import sampler
+from pra_jax.sampling import ar_loop
 
 
 def balanced_labels(num_images: int, num_classes: int) -> np.ndarray:
@@ -33,8 +33,8 @@ def evaluate_samples(images: np.ndarray, labels: np.ndarray, config, cache_dir: 
 
 def evaluate_model(model, config, workdir: str, step: int, writer=None, check_stop=None) -> dict:
   labels = balanced_labels(config.eval.num_images, config.data.num_classes)
-  settings = sampler.SampleSettings.from_config(config.sample)
-  images = sampler.generate_many(model, labels, jax.random.key(config.seed + 2), settings,
+  settings = ar_loop.SampleSettings.from_config(config.sample)
+  images = ar_loop.generate_many(model, labels, jax.random.key(config.seed + 2), settings,
                                  min(config.sample.batch_size, len(labels)), check_stop)
   metrics = evaluate_samples(images, labels, config, os.path.join(workdir, "eval_cache"))
   metrics = {f"eval/{k}": float(v) for k, v in metrics.items() if not isinstance(v, str)}

@@ -1,4 +1,4 @@
-"""Linear probe of a trained run's frozen backbone (pra_jax/studies/probe.py has the recipe).
+"""Linear probe of a trained run's frozen backbone (pra_jax/studies/linear_probe.py has the recipe).
 
   python -m pra_jax.probe --config=configs/demo.py --workdir=/tmp/pra_demo [--layer=2 | --layer=1,2,3]
 """
@@ -9,8 +9,8 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from pra_jax import run_state
-from pra_jax.studies import probe
+from pra_jax import restore
+from pra_jax.studies import linear_probe
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file of the run.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory with checkpoints.")
@@ -18,7 +18,7 @@ _LAYER = flags.DEFINE_list("layer", None, "Backbone block(s) to probe (default: 
                            "-1: the final output); several, comma-separated, are concatenated.")
 _MAX_TRAIN_IMAGES = flags.DEFINE_integer("max_train_images", None,
                                          "Cap on training images for the probe.")
-_EPOCHS = flags.DEFINE_integer("epochs", probe.DEFAULT_EPOCHS, "Probe training epochs.")
+_EPOCHS = flags.DEFINE_integer("epochs", linear_probe.DEFAULT_EPOCHS, "Probe training epochs.")
 _CONTROL = flags.DEFINE_bool("control", False,
                              "Also probe a freshly initialised backbone of the same config.")
 
@@ -31,9 +31,9 @@ def main(argv):
     layers = None if _LAYER.value is None else [int(l) for l in _LAYER.value]
   except ValueError:
     raise app.UsageError(f"--layer: expected integers such as 2 or 1,2,3, got {_LAYER.value}")
-  model, _, step = run_state.restore_for_sampling(_CONFIG.value, _WORKDIR.value)
+  model, _, step = restore.restore_for_sampling(_CONFIG.value, _WORKDIR.value)
   layer = layers if layers is None or len(layers) > 1 else layers[0]  # None: probe()'s default.
-  result = probe.probe(model, _CONFIG.value, layer=layer, max_train_images=_MAX_TRAIN_IMAGES.value,
+  result = linear_probe.probe(model, _CONFIG.value, layer=layer, max_train_images=_MAX_TRAIN_IMAGES.value,
                        epochs=_EPOCHS.value, control=_CONTROL.value)
   result["step"] = step
   name = "_".join(map(str, [result["layer"]] if isinstance(result["layer"], int)

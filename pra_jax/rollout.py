@@ -25,7 +25,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from pra_jax import rng, sampler
+from pra_jax import rng
+
+from pra_jax.sampling import ar_loop
 from pra_jax.models import head as head_lib
 
 MODES = ("teacher", "pixel_noise", "recon", "pra", "head_sample", "exact")
@@ -126,9 +128,9 @@ def build_inputs(model, x_BNP, z_BNZ, y_B, key, step, config):
                         num_steps=r.head_sample_steps, solver="euler", t0=r.couple_t0)
     out = model.decode(g.reshape(b, i, -1), h_tf)
   elif r.mode == "exact":
-    settings = sampler.SampleSettings.unguided(r.head_sample_steps)
+    settings = ar_loop.SampleSettings.unguided(r.head_sample_steps)
     # The states of the last patch are never an input: its start is never read.
-    out, _ = sampler.sample_patches(model, y_B, sample_keys_B, settings,
+    out, _ = ar_loop.sample_patches(model, y_B, sample_keys_B, settings,
                              start_BNZ=jax.lax.stop_gradient(z_BNZ), t0=r.couple_t0)
     out = out[:, :-1]
   else:

@@ -4,7 +4,7 @@
 
 Data-parallel over every device of every process (the same command on each host; see the
 README's "Sampling at scale"), resumable chunk by chunk, and image k depends only on (seed, k):
-neither the batch size nor the device or process count changes it (pra_jax/sample_job.py).
+neither the batch size nor the device or process count changes it (pra_jax/resumable_job.py).
 """
 
 import sys
@@ -13,13 +13,15 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from pra_jax import config_check, distributed, sample_job
+from pra_jax import config_check, distributed
+
+from pra_jax.sampling import resumable_job
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file of the run.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory with checkpoints.")
 _NUM_IMAGES = flags.DEFINE_integer(
     "num_images", None,
-    f"Images to generate (default: {sample_job.PER_CLASS} per class, ADM's protocol).")
+    f"Images to generate (default: {resumable_job.PER_CLASS} per class, ADM's protocol).")
 _OUT = flags.DEFINE_string("out", None, "Output .npz (ADM format); a PNG grid beside it.")
 _CFG = flags.DEFINE_float("cfg", None, "Guidance scale (default: config.sample.cfg).")
 _TEMPERATURE = flags.DEFINE_float("temperature", None, "Head noise temperature.")
@@ -56,7 +58,7 @@ def main(argv):
   logging.info("jax %s; process %d/%d; %d local / %d global devices.", jax.__version__,
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count())
-  result = sample_job.sample_to_npz(
+  result = resumable_job.sample_to_npz(
       _CONFIG.value, _WORKDIR.value, _OUT.value, num_images=_NUM_IMAGES.value,
       classes=[int(c) for c in _CLASSES.value] if _CLASSES.value else None, seed=_SEED.value,
       cfg=_CFG.value, temperature=_TEMPERATURE.value, steps=_STEPS.value,
@@ -66,7 +68,7 @@ def main(argv):
   plan = result["plan"]
   if result["preempted"]:
     print(f"preempted: rerun the same command to finish {plan.chunk_dir}")
-    sys.exit(sample_job.EXIT_PREEMPTED)
+    sys.exit(resumable_job.EXIT_PREEMPTED)
   if jax.process_index() == 0:
     print(f"wrote {len(plan.labels_X)} images (step {plan.step}, {plan.settings}) to {plan.out} "
           f"and {plan.png}")

@@ -13,7 +13,8 @@ import numpy as np
 from flax import nnx
 
 from configs import tiny
-from pra_jax import config_check, data, loss, run_state, sampler, sharding
+from pra_jax import config_check, data, loss, sharding, train_step
+from pra_jax.sampling import ar_loop
 from pra_jax.models import pra
 
 # At these sizes XLA's compile time dominates every test and its optimisation passes buy nothing:
@@ -26,9 +27,9 @@ def jit(fn, **kwargs):
 
 
 def train_step_fn(graphdef, state, config, *, donate: bool = False):
-  """The production train step (run_state.jit_train_step) at the tests' compile level; the
+  """The production train step (train_step.jit_train_step) at the tests' compile level; the
   state is kept unless `donate` (tests compare it before and after)."""
-  return run_state.jit_train_step(graphdef, state, config, donate=donate,
+  return train_step.jit_train_step(graphdef, state, config, donate=donate,
                                   compiler_options=FAST_COMPILE)
 
 
@@ -136,6 +137,6 @@ def loss_and_grads(config):
 
 
 @functools.cache
-def sample_patches_fn(settings: sampler.SampleSettings):
-  """fn(model, labels, key) -> sampler.sample_patches's (x_BNP, g_BNZ) under `settings`."""
-  return jit(lambda model, labels, key: sampler.sample_patches(model, labels, key, settings))
+def sample_patches_fn(settings: ar_loop.SampleSettings):
+  """fn(model, labels, key) -> ar_loop.sample_patches's (x_BNP, g_BNZ) under `settings`."""
+  return jit(lambda model, labels, key: ar_loop.sample_patches(model, labels, key, settings))

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from configs import tiny
-from pra_jax.studies import ablation as ablate
+from pra_jax.studies import input_mode_study as ablate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST_XLA = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"

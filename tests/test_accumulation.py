@@ -1,5 +1,5 @@
 """train.grad_accum_steps: a batch of 8 as 2 microbatches of 4 trains, through the production
-run_state.train_step, to the parameters and metrics of one batch of 8; bad values fail clearly."""
+train_step.train_step, to the parameters and metrics of one batch of 8; bad values fail clearly."""
 
 
 import jax
@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 import factories as F
-from pra_jax import config_check, loss, run_state, sharding
+from pra_jax import config_check, loss, sharding, train_step
 
 
 def _three_steps(graphdef, state, accum, images, labels):
@@ -31,7 +31,7 @@ def test_two_microbatches_of_four_equal_one_batch_of_eight(monkeypatch):
 
   monkeypatch.setattr(loss, "forward_train", recording_forward)
   config = F.tiny_config()
-  graphdef, state = nnx.split(run_state.create_bundle(config, sharding.single_device_mesh()))
+  graphdef, state = nnx.split(train_step.create_bundle(config, sharding.single_device_mesh()))
   images, labels = F.digits_batch(8)
   whole, whole_metrics = _three_steps(graphdef, state, 1, images, labels)
   assert forward_sizes == [8]

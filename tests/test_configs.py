@@ -96,14 +96,15 @@ def test_every_schema_field_has_a_comment():
 def test_allowed_values_are_the_modules_own_constants():
   """config_check lists no values of its own: each entry is a tuple defined by the module that
   reads the field, the one its constructor checks use."""
-  from pra_jax import data, optim, rollout, sampler
+  from pra_jax import data, optim, rollout
+  from pra_jax.sampling import ar_loop
   from pra_jax.models import attention, backbone, head, layers, state
   modules = (data, optim, rollout, sampler, attention, backbone, head, layers, state)
   constants = [v for m in modules for v in vars(m).values() if isinstance(v, tuple)]
   for key, allowed in config_check._CHOICES.items():
     assert any(allowed is c for c in constants), f"{key}: {allowed} is not a module constant"
   assert config_check._CHOICES["sample.solver"] is head.SOLVERS
-  assert config_check._CHOICES["sample.cfg_schedule"] is sampler.CFG_SCHEDULES
+  assert config_check._CHOICES["sample.cfg_schedule"] is ar_loop.CFG_SCHEDULES
   assert config_check._CHOICES["data.source"] is data.SOURCES
   assert config_check._CHOICES["train.lr_schedule"] is optim.LR_SCHEDULES
 
@@ -111,11 +112,11 @@ def test_allowed_values_are_the_modules_own_constants():
 def test_sample_settings_take_every_value_from_config_sample():
   """SampleSettings has no defaults of its own that could disagree with config.sample's."""
   from configs import common
-  from pra_jax import sampler
+  from pra_jax.sampling import ar_loop
   sample_cfg = common.base_config().sample
-  fields = {f.name: f for f in dataclasses.fields(sampler.SampleSettings)}
+  fields = {f.name: f for f in dataclasses.fields(ar_loop.SampleSettings)}
   defaulted = sorted(n for n, f in fields.items() if f.default is not dataclasses.MISSING)
   assert defaulted == ["use_cache"]  # A check-only knob, not a config field.
-  settings = sampler.SampleSettings.from_config(sample_cfg)
+  settings = ar_loop.SampleSettings.from_config(sample_cfg)
   for name in fields.keys() - {"use_cache"}:
     assert getattr(settings, name) == sample_cfg[name], name

@@ -13,8 +13,8 @@ import pytest
 from flax import nnx
 
 import factories as F
-from pra_jax import data, run_state, sharding
-from pra_jax.studies import gap
+from pra_jax import data, sharding, train_step
+from pra_jax.studies import rollout_gap
 
 STEPS, BATCH = 100, 32   # Measured: coupled 1.10, uncoupled 1.01 (teacher 1.69, pra 1.16).
 TRAINING = {"train.batch_size": BATCH, "train.num_steps": STEPS, "train.lr": 3e-3,
@@ -23,7 +23,7 @@ TRAINING = {"train.batch_size": BATCH, "train.num_steps": STEPS, "train.lr": 3e-
 
 def train_tiny(config):
   """STEPS production train steps on random batches of the digits train split; the raw model."""
-  bundle = run_state.create_bundle(config, sharding.single_device_mesh())
+  bundle = train_step.create_bundle(config, sharding.single_device_mesh())
   graphdef, state = nnx.split(bundle)
   step = F.train_step_fn(graphdef, state, config, donate=True)
   images, labels = data.load_digits_split("train", config.data.image_size)
@@ -39,7 +39,7 @@ def test_coupled_modes_learn_to_read_their_prefix(mode):
   model = train_tiny(F.tiny_config(**{"rollout.mode": mode, **TRAINING}))
   images, labels = data.load_digits_split("eval", 16)
   # teacher and other do not depend on the run's mode: one config, one compile for both runs.
-  result = gap.measure(model, images, labels, jax.random.key(0), F.tiny_config(**TRAINING),
+  result = rollout_gap.measure(model, images, labels, jax.random.key(0), F.tiny_config(**TRAINING),
                        kinds=("teacher",), noise_draws=8, num_rollouts=1, batch_size=len(labels))
   assert result["other_mean"] > result["teacher_mean"]
   assert result["sensitivity"] > 1.05, (

@@ -111,3 +111,38 @@ def test_tests_import_no_program_but_the_allowed_one():
     rel = os.path.relpath(path, REPO)
     for program in _imports(ast.parse(open(path).read())) & PROGRAMS:
       assert rel in IMPORTED_PROGRAMS.get(program, ()), (rel, program)
+
+
+def test_programs_and_library_modules_have_distinct_names():
+  """A newcomer tells a program (python -m pra_jax.X) from the library by its name alone."""
+  program_stems = {m.rsplit(".", 1)[-1] for m in PROGRAMS}
+  library_stems = {m.rsplit(".", 1)[-1]: m for m in MODULES if m not in PROGRAMS}
+  clashes = {s: library_stems[s] for s in program_stems if s in library_stems}
+  assert not clashes, clashes
+  # Near-identical names too: no library module's name starts with a program's name.
+  near = {(p, lib) for p in program_stems for lib in library_stems
+          if lib != p and lib.startswith(p + "_")}
+  assert not near, near
+
+
+def test_sampling_is_one_package():
+  """The sampler, its data-parallel runner, the resumable job, the chunk store and the grids live
+  in pra_jax/sampling/, and nothing else there."""
+  top = {m for m in MODULES if m.count(".") == 1 and m not in PROGRAMS}
+  strays = sorted(m for m in top if m.split(".")[1].startswith(("sample", "sampler", "grids")))
+  assert not strays, strays
+  assert {"pra_jax.sampling.ar_loop", "pra_jax.sampling.data_parallel",
+          "pra_jax.sampling.resumable_job", "pra_jax.sampling.chunk_store"} <= set(MODULES)
+
+
+def test_the_trainer_is_the_loop():
+  """train.py holds the loop: the step lives in train_step.py, preemption in preemption.py, the
+  restores in restore.py."""
+  tree = _tree(MODULES["pra_jax.train"])
+  names = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+  assert "train_and_evaluate" in names
+  assert not names & {"train_step", "accumulate_gradients", "create_bundle", "Preemption",
+                      "StopVote", "restore_for_sampling", "restore_weights"}, names
+  imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+  assert not imported & {"signal", "threading"}, imported
+  assert len(open(os.path.join(REPO, MODULES["pra_jax.train"])).read().splitlines()) < 300

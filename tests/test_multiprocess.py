@@ -4,7 +4,7 @@ exactly like one process on the same global batch, and checkpoint and resume tog
 "Same global batch": each of the two processes reads its own half of the data (strided shard,
 its own shuffle), and the global batch of a step is process 0's local batch followed by process
 1's. The one-process reference builds exactly that: both shards' iterators, concatenated, fed
-to run_state.train_step on one device. The schedule is constant so that a run stopped at step 4
+to train_step.train_step on one device. The schedule is constant so that a run stopped at step 4
 and resumed to 6 must agree step by step with the reference's uninterrupted 6.
 """
 

@@ -45,9 +45,9 @@ def test_held_out_crops_never_share_a_pixel_row_with_training_crops(height, widt
 
 @pytest.mark.parametrize("height,width,crop", [(192, 288, 32), (192, 192, 32), (96, 144, 16)])
 def test_the_sensitivity_control_pairs_crops_that_share_no_pixels(height, width, crop):
-  from pra_jax.studies import gap
+  from pra_jax.studies import rollout_gap
   held = data.photo_crop_boxes(height, width, crop, "eval")
-  partner = gap.same_class_partners(np.zeros(len(held), np.int64))
+  partner = rollout_gap.same_class_partners(np.zeros(len(held), np.int64))
   for (y, x), p in zip(held, partner):
     py, px = held[p]
     assert abs(px - x) >= crop or abs(py - y) >= crop, ((y, x), (py, px))

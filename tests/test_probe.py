@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from pra_jax.studies import probe
+from pra_jax.studies import linear_probe
 from pra_jax.models import pra
 
 
@@ -16,7 +16,7 @@ def model_and_config():
 
 def test_probe_reports_backbone_and_pixel_accuracy(model_and_config):
   model, config = model_and_config
-  result = probe.probe(model, config, max_train_images=400, epochs=20, control=True)
+  result = linear_probe.probe(model, config, max_train_images=400, epochs=20, control=True)
   assert result["layer"] == config.model.backbone.depth // 2  # The default: mid-depth.
   assert result["num_train"] == 400 and result["num_eval"] == 297
   for key in ("backbone_eval_top1", "pixels_eval_top1", "backbone_train_top1",
@@ -30,14 +30,14 @@ def test_probe_reports_backbone_and_pixel_accuracy(model_and_config):
 
 def test_features_exclude_class_tokens_and_check_layer(model_and_config):
   model, config = model_and_config
-  images, _ = probe.load_split(config, "eval", max_images=4)
-  feats = probe.backbone_features(model, images, layer=-1, batch_size=4)
+  images, _ = linear_probe.load_split(config, "eval", max_images=4)
+  feats = linear_probe.backbone_features(model, images, layer=-1, batch_size=4)
   assert feats.shape == (4, config.model.backbone.width) and np.isfinite(feats).all()
   # Several blocks: their pooled features side by side, the last one equal to the single probe.
-  both = probe.backbone_features(model, images, layer=(0, -1), batch_size=4)
+  both = linear_probe.backbone_features(model, images, layer=(0, -1), batch_size=4)
   assert both.shape == (4, 2 * config.model.backbone.width)
   np.testing.assert_allclose(both[:, config.model.backbone.width:], feats, rtol=1e-5, atol=1e-6)
   with pytest.raises(ValueError, match="probe layer must be in"):
-    probe.backbone_features(model, images, layer=5, batch_size=4)
+    linear_probe.backbone_features(model, images, layer=5, batch_size=4)
   with pytest.raises(ValueError, match="probe layer must be in"):
-    probe.backbone_features(model, images, layer=(0, 7), batch_size=4)
+    linear_probe.backbone_features(model, images, layer=(0, 7), batch_size=4)

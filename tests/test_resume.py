@@ -13,7 +13,7 @@ import pytest
 from absl import logging as absl_logging
 
 from configs import tiny
-from pra_jax import checkpoint, config_check, run_state, train
+from pra_jax import checkpoint, config_check, train, restore
 
 
 def _config(**train_overrides):
@@ -51,14 +51,14 @@ def test_read_with_the_wrong_config_is_refused_and_moves_nothing(run):
   config.model.state.decoder_context = True
   # ValueError: the type the old code raised too, so a test run on it fails on what it did.
   with pytest.raises(ValueError, match=r"model\.state\.decoder_context: False -> True"):
-    run_state.restore_for_sampling(config, run)
+    restore.restore_for_sampling(config, run)
   # Without config.json the tree comparison still refuses, and still moves nothing.
   os.remove(os.path.join(run, checkpoint.CONFIG_FILE))
   with pytest.raises(ValueError, match="only in this model"):
-    run_state.restore_for_sampling(config, run)
+    restore.restore_for_sampling(config, run)
   assert _listing(run) == before
   # The right config still reads step 2.
-  model, _, step = run_state.restore_for_sampling(_config(), run)
+  model, _, step = restore.restore_for_sampling(_config(), run)
   assert step == 2
 
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import factories as F
-from pra_jax import loss, rng, rollout, sampler
+from pra_jax import loss, rng, rollout
+from pra_jax.sampling import ar_loop
 from pra_jax.models import head as head_lib
 
 HEAD_ONLY, RECON_ONLY = jnp.array([1.0, 0.0]), jnp.array([0.0, 1.0])
@@ -98,7 +99,7 @@ def test_uncoupled_exact_inputs_are_the_free_sequential_rollout(batch):
   images, labels = batch
   key = jax.random.key(7)
   got = _inputs(config, model, batch, key)[1]
-  settings = sampler.SampleSettings.unguided(config.rollout.head_sample_steps)
+  settings = ar_loop.SampleSettings.unguided(config.rollout.head_sample_steps)
   sample_keys = rng.split_each(rng.as_example_keys(key, len(labels)), 2)[:, 1]
   want, _ = F.sample_patches_fn(settings)(model, labels, sample_keys)
   assert got.shape == (8, model.num_patches - 1, model.patch_dim)

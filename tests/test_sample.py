@@ -22,7 +22,8 @@ import pytest
 
 import factories as F
 from configs import tiny
-from pra_jax import rng, sample_job, sample_parallel, sample_store, sampler, train
+from pra_jax import rng, train
+from pra_jax.sampling import ar_loop, chunk_store, data_parallel, resumable_job
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(REPO, "launch", "local_multiprocess.sh")
@@ -99,8 +100,8 @@ def test_two_processes_of_two_devices_write_the_bytes_of_one_device(runs):
 
   # Each process wrote only its own share: per chunk, two parts of disjoint images.
   chunk_dir = runs["mp"][:-4] + "_chunks"
-  for c in range(sample_store.num_chunks(8, NUM_IMAGES)):
-    parts = [np.load(os.path.join(chunk_dir, sample_store.part_name(c, p, 2)))["index"]
+  for c in range(chunk_store.num_chunks(8, NUM_IMAGES)):
+    parts = [np.load(os.path.join(chunk_dir, chunk_store.part_name(c, p, 2)))["index"]
              for p in range(2)]
     assert all(len(p) == 4 for p in parts), parts
     np.testing.assert_array_equal(np.sort(np.concatenate(parts)), np.arange(8 * c, 8 * c + 8))
@@ -135,7 +136,7 @@ def test_killed_then_preempted_run_resumes_to_the_same_bytes(workdir, runs, tmp_
   rc, log, before, stopped_at = run_until(str(tmp_path / "2.log"), 1, signal.SIGTERM)
   assert before == killed_at
   assert f"{killed_at} of {count} chunks of 4 already done" in log, log[-3000:]
-  assert rc == sample_job.EXIT_PREEMPTED and "Preempted:" in log, log[-3000:]
+  assert rc == resumable_job.EXIT_PREEMPTED and "Preempted:" in log, log[-3000:]
   assert not os.path.exists(out)
 
   log = _finish(_start(workdir, out, str(tmp_path / "3.log"), *flags), str(tmp_path / "3.log"))
@@ -149,40 +150,40 @@ def test_other_settings_in_the_same_chunk_folder_are_refused(workdir, runs):
   config = tiny.get_config()
   out = runs["ref"]
   kwargs = dict(num_images=NUM_IMAGES, steps=2)
-  with pytest.raises(sample_store.SettingsMismatch, match=r"seed: 0 there, 1 now") as e:
-    sample_job.sample_to_npz(config, workdir, out, seed=1, cfg=3.0, **kwargs)
-  assert "sampler.cfg: 2.0 there, 3.0 now" in str(e.value)
-  with pytest.raises(sample_store.SettingsMismatch, match=r"sampler.num_steps: 2 there, 4 now"):
-    sample_job.sample_to_npz(config, workdir, out, num_images=NUM_IMAGES)
-  with pytest.raises(sample_store.SettingsMismatch, match="weights: \"ema\" there, \"raw\" now"):
-    sample_job.sample_to_npz(config, workdir, out, use_ema=False, **kwargs)
+  with pytest.raises(chunk_store.SettingsMismatch, match=r"seed: 0 there, 1 now") as e:
+    resumable_job.sample_to_npz(config, workdir, out, seed=1, cfg=3.0, **kwargs)
+  assert "ar_loop.cfg: 2.0 there, 3.0 now" in str(e.value)
+  with pytest.raises(chunk_store.SettingsMismatch, match=r"ar_loop.num_steps: 2 there, 4 now"):
+    resumable_job.sample_to_npz(config, workdir, out, num_images=NUM_IMAGES)
+  with pytest.raises(chunk_store.SettingsMismatch, match="weights: \"ema\" there, \"raw\" now"):
+    resumable_job.sample_to_npz(config, workdir, out, use_ema=False, **kwargs)
   with pytest.raises(ValueError, match=r"--checkpoint_step=1: .* holds steps \[2\]"):
-    sample_job.sample_to_npz(config, workdir, out, checkpoint_step=1, **kwargs)
+    resumable_job.sample_to_npz(config, workdir, out, checkpoint_step=1, **kwargs)
   with pytest.raises(ValueError, match="must name a .npz file"):
-    sample_job.sample_to_npz(config, workdir, out[:-4] + ".png", **kwargs)
+    resumable_job.sample_to_npz(config, workdir, out[:-4] + ".png", **kwargs)
   with pytest.raises(ValueError, match="is a URL"):
-    sample_job.sample_to_npz(config, workdir, "gs://bucket/s.npz", **kwargs)
+    resumable_job.sample_to_npz(config, workdir, "gs://bucket/s.npz", **kwargs)
   with pytest.raises(ValueError, match="--chunk_size must be a positive integer, got 0"):
-    sample_job.sample_to_npz(config, workdir, out, chunk_size=0, **kwargs)
-  manifest = json.loads(_read(os.path.join(out[:-4] + "_chunks", sample_store.MANIFEST)))
+    resumable_job.sample_to_npz(config, workdir, out, chunk_size=0, **kwargs)
+  manifest = json.loads(_read(os.path.join(out[:-4] + "_chunks", chunk_store.MANIFEST)))
   assert manifest["seed"] == 0 and manifest["checkpoint.step"] == 2
 
 
 def test_image_k_is_keyed_by_seed_and_k_alone():
   """The data-parallel generator at batch 8 against generate_many at batch 4 and against
-  sampler.generate given rng.example_keys for indices 3..6: the same images."""
+  ar_loop.generate given rng.example_keys for indices 3..6: the same images."""
   model = F.random_model(F.tiny_config(), seed=4)
-  settings = sampler.SampleSettings(num_steps=2, solver="euler", cfg=2.0, cfg_schedule="linear",
+  settings = ar_loop.SampleSettings(num_steps=2, solver="euler", cfg=2.0, cfg_schedule="linear",
                                     temperature=1.0)
   seed = 5
   labels = np.array([0, 3, 7, 9, 1, 1, 4, 2], np.int32)
-  generator = sample_parallel.DataParallelGenerator(model, sample_parallel.sampling_mesh(),
+  generator = data_parallel.DataParallelGenerator(model, data_parallel.sampling_mesh(),
                                                     settings, seed, 8)
   index, images = generator.local_rows(generator.dispatch(np.arange(8), labels), np.arange(8))
   np.testing.assert_array_equal(index, np.arange(8))
-  by_four = sampler.generate_many(model, labels, jax.random.key(seed), settings, batch_size=4)
+  by_four = ar_loop.generate_many(model, labels, jax.random.key(seed), settings, batch_size=4)
   np.testing.assert_array_equal(by_four, images)
-  middle = sampler.generate(model, labels[3:7], rng.example_keys(jax.random.key(seed), 4, 3),
+  middle = ar_loop.generate(model, labels[3:7], rng.example_keys(jax.random.key(seed), 4, 3),
                             settings)
   np.testing.assert_array_equal(middle, images[3:7])
   assert len({im.tobytes() for im in images}) == 8
@@ -191,20 +192,20 @@ def test_image_k_is_keyed_by_seed_and_k_alone():
 def test_manifest_and_npz_files(tmp_path):
   folder = str(tmp_path / "chunks")
   settings = {"seed": 0, "checkpoint.step": 2, "classes": [1, 2]}
-  sample_store.check_manifest(folder, settings, write=True)
-  sample_store.check_manifest(folder, dict(settings), write=True)  # The same settings: resumed.
-  with pytest.raises(sample_store.SettingsMismatch,
+  chunk_store.check_manifest(folder, settings, write=True)
+  chunk_store.check_manifest(folder, dict(settings), write=True)  # The same settings: resumed.
+  with pytest.raises(chunk_store.SettingsMismatch,
                      match=r"checkpoint.step: 2 there, 4 now\).*--checkpoint_step=2"):
-    sample_store.check_manifest(folder, {**settings, "checkpoint.step": 4}, write=True)
+    chunk_store.check_manifest(folder, {**settings, "checkpoint.step": 4}, write=True)
   # A streamed entry whose blocks do not fill its shape leaves no file behind, torn or not.
   path = str(tmp_path / "x.npz")
   with pytest.raises(ValueError, match="expected 24"):
-    sample_store.write_npz(path, {"a": ((2, 3), np.float32, [np.zeros(3, np.float32)])})
+    chunk_store.write_npz(path, {"a": ((2, 3), np.float32, [np.zeros(3, np.float32)])})
   assert os.listdir(tmp_path) == ["chunks"]
-  sample_store.write_npz(path, {"a": ((2, 3), np.float32, [np.ones(3), np.zeros(3)])})
+  chunk_store.write_npz(path, {"a": ((2, 3), np.float32, [np.ones(3), np.zeros(3)])})
   first = _read(path)
   with np.load(path, allow_pickle=False) as f:
     np.testing.assert_array_equal(f["a"], [[1, 1, 1], [0, 0, 0]])
   time.sleep(2.1)  # Past a tick of the zip format's 2-second clock: the bytes must not move.
-  sample_store.write_npz(path, {"a": np.array([[1, 1, 1], [0, 0, 0]], np.float32)})
+  chunk_store.write_npz(path, {"a": np.array([[1, 1, 1], [0, 0, 0]], np.float32)})
   assert _read(path) == first

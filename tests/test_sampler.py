@@ -11,17 +11,17 @@ import numpy as np
 import pytest
 
 import factories as F
-from pra_jax import sampler
+from pra_jax.sampling import ar_loop
 from pra_jax.models import head as head_lib
 
 LABELS = jnp.array([0, 3, 7, 9], jnp.int32)
 
 SETTINGS = {
     # num_steps = rollout.head_sample_steps: the exact input mode's sampler, compiled once.
-    "euler": sampler.SampleSettings.unguided(4),
-    "euler_cfg_linear": sampler.SampleSettings(num_steps=4, solver="euler", cfg=2.0,
+    "euler": ar_loop.SampleSettings.unguided(4),
+    "euler_cfg_linear": ar_loop.SampleSettings(num_steps=4, solver="euler", cfg=2.0,
                                                cfg_schedule="linear", temperature=1.0),
-    "heun_cfg_constant": sampler.SampleSettings(num_steps=3, solver="heun", cfg=2.0,
+    "heun_cfg_constant": ar_loop.SampleSettings(num_steps=3, solver="heun", cfg=2.0,
                                                 cfg_schedule="constant", temperature=1.0),
 }
 # The Heun case also decodes with the context h (test_model checks the cache under learned
@@ -53,16 +53,16 @@ def test_kv_cache_matches_full_recompute(model, name):
 
 def test_generate_same_key_same_images(model):
   settings, key = SETTINGS["euler_cfg_linear"], jax.random.key(11)
-  images = np.asarray(sampler.generate(model, LABELS, key, settings))
+  images = np.asarray(ar_loop.generate(model, LABELS, key, settings))
   assert images.shape == (4, 16, 16, 1) and images.dtype == np.uint8
-  np.testing.assert_array_equal(sampler.generate(model, LABELS, key, settings), images)
+  np.testing.assert_array_equal(ar_loop.generate(model, LABELS, key, settings), images)
   # The cached sampler against full recompute, in uint8: equal up to a flip of a value that
   # sits within float error of a rounding boundary.
   uncached = dataclasses.replace(settings, use_cache=False)
   x_full, _ = F.sample_patches_fn(uncached)(model, LABELS, key)
   diff = np.abs(np.asarray(model.to_images(x_full), np.int32) - images)
   assert diff.max() <= 1 and (diff == 0).mean() > 0.99
-  other = np.asarray(sampler.generate(model, LABELS, jax.random.key(12), settings), np.int32)
+  other = np.asarray(ar_loop.generate(model, LABELS, jax.random.key(12), settings), np.int32)
   assert np.abs(other - images).mean() > 5
 
 
@@ -73,7 +73,7 @@ def test_guidance_schedule_and_strength(model):
   # The linear schedule starts at scale 1: the first patch is the unguided one; later ones move.
   np.testing.assert_allclose(x_linear[:, 0], x_plain[:, 0], atol=1e-5)
   assert float(jnp.abs(x_linear[:, -1] - x_plain[:, -1]).max()) > 1e-2
-  np.testing.assert_allclose(sampler.cfg_scales(SETTINGS["euler_cfg_linear"], 4),
+  np.testing.assert_allclose(ar_loop.cfg_scales(SETTINGS["euler_cfg_linear"], 4),
                              [1.0, 1.25, 1.5, 1.75])
 
 
@@ -116,13 +116,13 @@ def test_null_class_path(model):
 def test_bad_requests_are_rejected(model):
   settings, key = SETTINGS["euler"], jax.random.key(0)
   with pytest.raises(ValueError, match=r"class ids must be in \[0, 10\), got \[10\]"):
-    sampler.generate(model, [0, 10], key, settings)   # 10 is the null class, not a request.
+    ar_loop.generate(model, [0, 10], key, settings)   # 10 is the null class, not a request.
   with pytest.raises(ValueError, match=r"class ids must be in \[0, 10\), got \[-1\]"):
-    sampler.generate(model, np.array([-1, 2]), key, settings)
+    ar_loop.generate(model, np.array([-1, 2]), key, settings)
   with pytest.raises(ValueError, match="1-D integer array"):
-    sampler.generate(model, np.array([1.5, 2.0]), key, settings)
+    ar_loop.generate(model, np.array([1.5, 2.0]), key, settings)
   with pytest.raises(ValueError, match="1-D integer array"):
-    sampler.generate(model, np.zeros((2, 2), np.int32), key, settings)
+    ar_loop.generate(model, np.zeros((2, 2), np.int32), key, settings)
   with pytest.raises(ValueError, match="cfg_schedule must be one of"):
     dataclasses.replace(settings, cfg_schedule="cosine")
   with pytest.raises(ValueError, match="solver must be 'euler' or 'heun'"):

@@ -39,9 +39,9 @@ def read_scalars(workdir: str, tag: str) -> dict[int, float]:
 def final_params(workdir: str, config) -> list[np.ndarray]:
   """The model parameters of workdir's newest checkpoint, as numpy arrays."""
   from flax import nnx
-  from pra_jax import run_state, sharding
+  from pra_jax import sharding, train_step
   mesh = sharding.single_device_mesh()
-  _, state = nnx.split(run_state.create_bundle(config, mesh))
+  _, state = nnx.split(train_step.create_bundle(config, mesh))
   restored, _ = checkpoint.Checkpointer(workdir, config.checkpoint, read_only=True).restore_latest(state)
   return [np.asarray(x) for x in jax.tree.leaves(restored["model"])]
 

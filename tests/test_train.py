@@ -48,9 +48,9 @@ def test_train_checkpoint_resume_sample(tmp_path):
 
 
 def test_sampling_a_workdir_without_checkpoint(tmp_path):
-  from pra_jax import run_state
+  from pra_jax import restore
   with pytest.raises(FileNotFoundError, match="no checkpoint in"):
-    run_state.restore_for_sampling(tiny.get_config(), str(tmp_path))
+    restore.restore_for_sampling(tiny.get_config(), str(tmp_path))
 
 
 @pytest.mark.parametrize("module,args,message", [

@@ -1,4 +1,4 @@
-"""The production train step (run_state.train_step, as train_and_evaluate jits it) on `tiny`.
+"""The production train step (train_step.train_step, as train_and_evaluate jits it) on `tiny`.
 
 What the paper configs rely on and the demo alone would not show: the scanned and the unrolled
 layer stacks take the same AdamW updates, weight decay spares norm scales, biases and position
@@ -14,20 +14,20 @@ import pytest
 from flax import nnx
 
 import factories as F
-from pra_jax import optim, run_state, sharding
+from pra_jax import optim, sharding, train_step
 
 MESH = sharding.single_device_mesh()
 
 
 def _bundle(config):
-  return run_state.create_bundle(config, MESH)
+  return train_step.create_bundle(config, MESH)
 
 
 _STEP_FNS = {}
 
 
 def _step_fn(config):
-  """(graphdef, jitted run_state.train_step) per config, shared by the tests that use it."""
+  """(graphdef, jitted train_step.train_step) per config, shared by the tests that use it."""
   key = config.to_json()
   if key not in _STEP_FNS:
     graphdef, state = nnx.split(_bundle(config))
@@ -36,7 +36,7 @@ def _step_fn(config):
 
 
 def run_steps(config, bundle, batches):
-  """Runs run_state.train_step over `batches`; returns (final bundle, per-step metrics)."""
+  """Runs train_step.train_step over `batches`; returns (final bundle, per-step metrics)."""
   graphdef, fn = _step_fn(config)
   state = nnx.split(bundle)[1]
   history = []
@@ -147,7 +147,7 @@ def test_a_skipped_nonfinite_batch_leaves_no_trace():
 
 # -- golden record of the production step ----------------------------------------------------------
 
-# Three steps of `tiny` from its real init (run_state.create_bundle, seed 0) on the first 24 training
+# Three steps of `tiny` from its real init (train_step.create_bundle, seed 0) on the first 24 training
 # digits. Regenerate these only after an intended change to the model, the loss, the optimizer,
 # the initialisation or the way randomness is drawn, naming the change in the commit (print them
 # with `pytest -s -k golden`); never to make a failing test pass without knowing why it failed.

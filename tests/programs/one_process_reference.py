@@ -11,14 +11,14 @@ import json
 import jax, jax.numpy as jnp, numpy as np
 from flax import nnx
 from configs import tiny
-from pra_jax import data, run_state, sharding
+from pra_jax import data, sharding, train_step
 
 config = tiny.get_config()
 config.train.lr_schedule = "constant"
 num_steps, num_processes = int(sys.argv[1]), int(sys.argv[2])
 mesh = sharding.single_device_mesh()
-graphdef, state = nnx.split(run_state.create_bundle(config, mesh))
-step_fn = run_state.jit_train_step(graphdef, state, config)
+graphdef, state = nnx.split(train_step.create_bundle(config, mesh))
+step_fn = train_step.jit_train_step(graphdef, state, config)
 shards = [data.make_train_iterator(
     config.data, local_batch_size=config.train.batch_size // num_processes,
     seed=config.seed, process_index=i, process_count=num_processes)

@@ -12,16 +12,16 @@ os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
 import jax, jax.numpy as jnp, numpy as np
 from flax import nnx
 from configs import tiny
-from pra_jax import checkpoint, data, run_state, sharding
+from pra_jax import checkpoint, data, sharding, train_step
 
 config = tiny.get_config()
 images, labels = data.load_digits_split("train", 16)
 batch = {"image": images[:8], "label": labels[:8]}
 
 def one_step(mesh):
-  bundle = run_state.create_bundle(config, mesh)
+  bundle = train_step.create_bundle(config, mesh)
   graphdef, state = nnx.split(bundle)
-  step_fn = run_state.jit_train_step(graphdef, state, config, donate=False)
+  step_fn = train_step.jit_train_step(graphdef, state, config, donate=False)
   with sharding.use_mesh(mesh):
     g = sharding.global_batch(batch, mesh)
     state, metrics = step_fn(state, g["image"], g["label"])
@@ -43,7 +43,7 @@ ckpt.wait()
 restored = {}
 for name, mesh in (("four", sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 1},
                                                jax.devices()[:4])), ("one", single)):
-  target = nnx.split(run_state.create_bundle(config, mesh))[1]
+  target = nnx.split(train_step.create_bundle(config, mesh))[1]
   got = ckpt.restore(1, target)
   leaves = jax.tree.leaves(jax.device_get(got["model"]))
   restored[name] = {

@@ -1,15 +1,15 @@
-"""The run state: what a train step updates (model, EMA, optimizer), how it is built, the pure
-step function and its one jitted form, and the restores that sampling uses.
+"""The train step: what it updates (model, EMA, optimizer: the TrainBundle), how that state is
+built, the pure step function with gradient accumulation, and its one jitted form.
 
-Everything that trains, compiles, plans, benchmarks or samples a run builds its state here, so
-they all hold exactly what train_and_evaluate holds:
+Everything that trains, compiles, plans or benchmarks a run builds its state here, so they all
+hold exactly what train_and_evaluate holds:
 
   bundle = create_bundle(config, mesh)                   # born sharded on the mesh
   graphdef, state = nnx.split(bundle)
   step_fn = jit_train_step(graphdef, state, config)     # state donated, shardings kept
   state, metrics = step_fn(state, images_BHWC, labels_B)
 
-  model, mesh, step = restore_for_sampling(config, workdir)   # the newest good checkpoint
+Reading a trained run's weights back is pra_jax/restore.py.
 """
 
 import functools
@@ -18,12 +18,10 @@ import time
 import jax
 import jax.numpy as jnp
 import optax
-import orbax.checkpoint as ocp
-from absl import logging
 from flax import nnx
 from jax.sharding import NamedSharding
 
-from pra_jax import checkpoint, config_check, loss, optim, rng, sharding
+from pra_jax import loss, optim, rng, sharding
 from pra_jax.models import pra
 
 
@@ -173,49 +171,3 @@ def compile_train_step(config, mesh, global_batch: int):
     compiled = lowered.compile()
     t2 = time.perf_counter()
   return compiled, state, t1 - t0, t2 - t1
-
-
-def restore_for_sampling(config, workdir: str, use_ema: bool = True):
-  """(model, mesh, step): the EMA (or raw) model of the newest good checkpoint in `workdir`,
-  on the config's training mesh, which the caller then samples or measures under.
-
-  Refuses another run's config before reading anything, and writes nothing.
-  """
-  with config_check.user_input():
-    config_check.validate(config)
-    checkpoint.check_readable(workdir, config)
-  ckpt = checkpoint.Checkpointer(workdir, config.checkpoint, read_only=True)
-  mesh = sharding.make_mesh(config.sharding.mesh)
-  graphdef, state = nnx.split(create_bundle(config, mesh))
-  with config_check.user_input():
-    state, step = ckpt.restore_latest(state)
-  if state is None:
-    raise ValueError(f"no checkpoint in {ckpt.directory} restores into this config's model")
-  logging.info("Restored step %d from %s (%s weights).", step, ckpt.directory,
-               "EMA" if use_ema else "raw")
-  return weights(nnx.merge(graphdef, state), use_ema), mesh, step
-
-
-def restore_weights(config, workdir: str, step: int, mesh, use_ema: bool = True):
-  """The EMA (or raw) model of checkpoint `step`, replicated on every device of `mesh`.
-
-  Reads only those weights (Orbax partial restore): not the optimizer state, not the other copy
-  of the model, and never the training mesh's layout, which sampling does not use.
-  """
-  graphdef, abstract = nnx.split(pra.abstract_model(config, mesh))
-  placed = sharding.replicated(mesh)
-  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=placed),
-                        abstract)
-  part = "ema" if use_ema else "model"
-  ckpt = checkpoint.Checkpointer(workdir, config.checkpoint, read_only=True)
-  args = ocp.args.Composite(state=ocp.args.PyTreeRestore(
-      item={part: target}, partial_restore=True,
-      restore_args={part: jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=placed), target)}))
-  try:
-    restored = ckpt.manager.restore(step, args=args)
-  except Exception as e:  # pylint: disable=broad-except
-    raise ValueError(f"checkpoint {ckpt.directory}/{step} does not restore into this config's "
-                     f"model ({type(e).__name__}: {str(e).splitlines()[0][:300]})") from e
-  logging.info("Restored the %s weights of step %d from %s.", "EMA" if use_ema else "raw", step,
-               ckpt.directory)
-  return nnx.merge(graphdef, restored["state"][part])

@@ -22,8 +22,10 @@ import numpy as np
 from flax import traverse_util
 from absl import logging
 
-from pra_jax import checkpoint, config_check, data, files, grids, run_state, sampler, sharding
-from pra_jax.studies import gap, report
+from pra_jax import checkpoint, config_check, data, files, sharding, restore
+
+from pra_jax.sampling import ar_loop, grids
+from pra_jax.studies import rollout_gap, report
 
 MODES = ("teacher", "pixel_noise", "recon", "pra", "head_sample", "exact", "direct_x", "direct_v")
 DEFAULT_SIGMAS = (0.25, 0.5, 1.0, 2.0)
@@ -234,7 +236,7 @@ def judge(config, images, labels, judge_cache: str) -> dict:
 def score_run(config, workdir: str, ev: Eval, judge_cache: str) -> dict:
   """Judge scores of balanced samples and the gap summary; cached in workdir/ablate_eval.json."""
   step = max(checkpoint.Checkpointer(workdir, config.checkpoint, read_only=True).all_steps())
-  settings = sampler.SampleSettings.from_config(config.sample)
+  settings = ar_loop.SampleSettings.from_config(config.sample)
   key = {"eval": dataclasses.asdict(ev), "step": step, "settings": dataclasses.asdict(settings),
          "gap_version": GAP_VERSION}
   cache_path = os.path.join(workdir, "ablate_eval.json")
@@ -243,21 +245,21 @@ def score_run(config, workdir: str, ev: Eval, judge_cache: str) -> dict:
   if cached is not None and cached.get("key") == key and os.path.exists(samples_path):
     return {**cached["scores"], "cached": True}
   start = time.time()
-  model, mesh, step = run_state.restore_for_sampling(config, workdir,
+  model, mesh, step = restore.restore_for_sampling(config, workdir,
                                                      use_ema=config.sample.use_ema)
   labels = (np.arange(ev.num_samples) % config.data.num_classes).astype(np.int32)
   with sharding.use_mesh(mesh):
-    images = sampler.generate_many(model, labels, jax.random.key(ev.seed), settings,
+    images = ar_loop.generate_many(model, labels, jax.random.key(ev.seed), settings,
                                    min(config.sample.batch_size, len(labels)))
     scores = judge(config, images, labels, judge_cache)
-    held_images, held_labels = gap.held_out(config, ev.gap_images)
-    result = gap.measure(model, held_images, held_labels, jax.random.key(ev.seed), config,
+    held_images, held_labels = rollout_gap.held_out(config, ev.gap_images)
+    result = rollout_gap.measure(model, held_images, held_labels, jax.random.key(ev.seed), config,
                          num_steps=settings.num_steps, noise_draws=ev.noise_draws,
                          num_rollouts=ev.num_rollouts, step=step)
-  gap.write(result, os.path.join(workdir, "gap"), step, title=f"{os.path.basename(workdir)}, "
+  rollout_gap.write(result, os.path.join(workdir, "gap"), step, title=f"{os.path.basename(workdir)}, "
             f"step {step}")
   np.savez(samples_path, arr_0=images, arr_1=labels)
-  scores = {**scores, "step": step, "gap": gap.to_json(result), "eval_wall_s": time.time() - start}
+  scores = {**scores, "step": step, "gap": rollout_gap.to_json(result), "eval_wall_s": time.time() - start}
   _write_json(cache_path, {"key": key, "scores": scores})
   return {**scores, "cached": False}
 

@@ -1,5 +1,5 @@
 """The sampling job behind `python -m pra_jax.sample`: data-parallel over every device of every
-process, resumable chunk by chunk (pra_jax/sample_store.py), merged into an ADM-format .npz and
+process, resumable chunk by chunk (pra_jax/chunk_store.py), merged into an ADM-format .npz and
 a PNG grid.
 
 Image k depends only on (seed, k): neither the batch size nor the device or process count
@@ -19,8 +19,8 @@ import numpy as np
 from flax import traverse_util
 from absl import logging
 
-from pra_jax import (config_check, checkpoint, grids, run_state, sample_parallel, sample_store,
-                     sampler)
+from pra_jax import checkpoint, config_check, restore
+from pra_jax.sampling import ar_loop, chunk_store, data_parallel, grids
 
 PER_CLASS = 50           # ADM's protocol: 50 samples per class, 50,000 for 1000 classes.
 EXIT_PREEMPTED = 143     # 128 + SIGTERM: what a shell reports for a process that SIGTERM ended.
@@ -53,7 +53,7 @@ class Plan:
   step: int
   use_ema: bool
   seed: int
-  settings: sampler.SampleSettings
+  settings: ar_loop.SampleSettings
   classes: list
   labels_X: np.ndarray       # Image k's class: the classes in order, an equal run of each.
   chunk_size: int
@@ -65,10 +65,10 @@ class Plan:
 
   @property
   def num_chunks(self) -> int:
-    return sample_store.num_chunks(self.chunk_size, len(self.labels_X))
+    return chunk_store.num_chunks(self.chunk_size, len(self.labels_X))
 
   def chunk_range(self, chunk: int) -> tuple[int, int]:
-    return sample_store.chunk_range(chunk, self.chunk_size, len(self.labels_X))
+    return chunk_store.chunk_range(chunk, self.chunk_size, len(self.labels_X))
 
 
 def _flat(tree: dict, prefix: str) -> dict:
@@ -85,7 +85,7 @@ def _manifest(plan: Plan, config, checkpoint_dir: str) -> dict:
           "classes": plan.classes, "chunk_size": plan.chunk_size,
           "checkpoint.dir": checkpoint_dir, "checkpoint.step": plan.step,
           "weights": "ema" if plan.use_ema else "raw",
-          **_flat(settings, "sampler."), **_flat(shapes, "config.")}
+          **_flat(settings, "ar_loop."), **_flat(shapes, "config.")}
 
 
 def plan_run(config, workdir: str, out: str, *, num_images=None, classes=None, seed: int = 0,
@@ -98,17 +98,17 @@ def plan_run(config, workdir: str, out: str, *, num_images=None, classes=None, s
   if not out.endswith(".npz"):
     raise ValueError(f"--out must name a .npz file, got {out!r}")
   chunk_dir = chunk_dir or out[:-len(".npz")] + "_chunks"
-  sample_store.check_path(out, "--out")
-  sample_store.check_path(chunk_dir, "--chunk_dir")
+  chunk_store.check_path(out, "--out")
+  chunk_store.check_path(chunk_dir, "--chunk_dir")
   classes = list(range(config.data.num_classes)) if classes is None else list(classes)
-  classes = sampler.check_labels(classes, config.data.num_classes).tolist()
+  classes = ar_loop.check_labels(classes, config.data.num_classes).tolist()
   num_images = PER_CLASS * len(classes) if num_images is None else num_images
   per_device_batch = config.sample.batch_size if per_device_batch is None else per_device_batch
   for name, value in (("num_images", num_images), ("per_device_batch", per_device_batch),
                       ("chunk_size", chunk_size)):
     if value is not None and (not isinstance(value, int) or value <= 0):
       raise ValueError(f"--{name} must be a positive integer, got {value!r}")
-  settings = sampler.SampleSettings.from_config(config.sample, cfg=cfg, temperature=temperature,
+  settings = ar_loop.SampleSettings.from_config(config.sample, cfg=cfg, temperature=temperature,
                                                 num_steps=steps)
   ckpt = checkpoint.Checkpointer(workdir, config.checkpoint, read_only=True)
   available = ckpt.all_steps()
@@ -121,13 +121,13 @@ def plan_run(config, workdir: str, out: str, *, num_images=None, classes=None, s
   # The chunk size fixes the folder's layout: a rerun keeps the recorded one, whatever its
   # device count (the first run's default is one global batch).
   if chunk_size is None:
-    recorded = sample_store.read_manifest(chunk_dir) or {}
+    recorded = chunk_store.read_manifest(chunk_dir) or {}
     chunk_size = recorded.get("chunk_size") or per_device_batch * jax.device_count()
   plan = Plan(out=out, chunk_dir=chunk_dir, workdir=workdir, step=step, use_ema=use_ema,
               seed=seed, settings=settings, classes=classes,
               labels_X=grids.class_rows(classes, -(-num_images // len(classes)))[:num_images],
               chunk_size=chunk_size, per_device_batch=per_device_batch)
-  sample_store.check_manifest(chunk_dir, _manifest(plan, config, ckpt.directory),
+  chunk_store.check_manifest(chunk_dir, _manifest(plan, config, ckpt.directory),
                               write=jax.process_index() == 0)
   return plan
 
@@ -135,9 +135,9 @@ def plan_run(config, workdir: str, out: str, *, num_images=None, classes=None, s
 def _generate_chunks(plan: Plan, config, todo: list[int]) -> tuple[bool, float]:
   """Generates and commits the chunks in `todo`; returns (preempted, images/s)."""
   process, processes = jax.process_index(), jax.process_count()
-  mesh = sample_parallel.sampling_mesh()
-  model = run_state.restore_weights(config, plan.workdir, plan.step, mesh, plan.use_ema)
-  generator = sample_parallel.DataParallelGenerator(model, mesh, plan.settings, plan.seed,
+  mesh = data_parallel.sampling_mesh()
+  model = restore.restore_weights(config, plan.workdir, plan.step, mesh, plan.use_ema)
+  generator = data_parallel.DataParallelGenerator(model, mesh, plan.settings, plan.seed,
                                                     plan.per_device_batch)
   del model
   logging.info("Sampler compiled in %.1f s.", generator.compile_s)
@@ -156,13 +156,13 @@ def _generate_chunks(plan: Plan, config, todo: list[int]) -> tuple[bool, float]:
       index_X = np.concatenate([r[0] for r in rows])
       images_X = np.concatenate([r[1] for r in rows])
       mine = index_X < end
-      sample_store.write_part(plan.chunk_dir, c, process, processes, index_X[mine],
+      chunk_store.write_part(plan.chunk_dir, c, process, processes, index_X[mine],
                               images_X[mine], plan.labels_X[index_X[mine]])
-      stop_now = sample_parallel.any_process(stop.requested)  # Every part is on disk now.
+      stop_now = data_parallel.any_process(stop.requested)  # Every part is on disk now.
       made += end - start
       rate = made / (time.perf_counter() - t0)
       if process == 0:
-        sample_store.commit_chunk(plan.chunk_dir, c, processes, start, end)
+        chunk_store.commit_chunk(plan.chunk_dir, c, processes, start, end)
         logging.info("Chunk %d/%d: %d of %d images done, %.2f images/s, ETA %s.", c + 1,
                      plan.num_chunks, n - remaining + made, n, rate,
                      _duration((remaining - made) / rate))
@@ -186,13 +186,13 @@ def preview_cells(labels_X: np.ndarray, classes, rows: int = 10, cols: int = 10)
 
 def _merge(plan: Plan, config) -> None:
   """The ADM .npz from every committed chunk and the PNG grid, on process 0."""
-  missing = np.flatnonzero(~sample_store.finished_chunks(plan.chunk_dir, plan.num_chunks))
+  missing = np.flatnonzero(~chunk_store.finished_chunks(plan.chunk_dir, plan.num_chunks))
   if missing.size:
     raise RuntimeError(f"chunks {missing.tolist()[:10]} of {plan.chunk_dir} are not committed")
   shape = (config.data.image_size, config.data.image_size, config.data.channels)
   cells = preview_cells(plan.labels_X, plan.classes)
   os.makedirs(os.path.dirname(os.path.abspath(plan.out)), exist_ok=True)
-  kept = sample_store.merge(plan.chunk_dir, plan.chunk_size, plan.labels_X, shape, plan.out,
+  kept = chunk_store.merge(plan.chunk_dir, plan.chunk_size, plan.labels_X, shape, plan.out,
                             keep=[k for row in cells for k in row])
   cols = max(len(row) for row in cells)
   blank = np.full(shape, 255, np.uint8)  # A class short of images (the last of an uneven N).
@@ -207,8 +207,8 @@ def sample_to_npz(config, workdir: str, out: str, **kwargs) -> dict:
   the arguments). A rerun skips committed chunks and writes the same bytes as an uninterrupted
   run; a SIGTERM stops every process after the chunk at hand ('preempted' in the result)."""
   plan = plan_run(config, workdir, out, **kwargs)
-  done = sample_store.finished_chunks(plan.chunk_dir, plan.num_chunks)
-  done = sample_parallel.broadcast_from_process_0(done)
+  done = chunk_store.finished_chunks(plan.chunk_dir, plan.num_chunks)
+  done = data_parallel.broadcast_from_process_0(done)
   todo = [c for c in range(plan.num_chunks) if not done[c]]
   logging.info("Sampling %d images of step %d into %s: %d of %d chunks of %d already done; "
                "%d per device x %d devices on %d processes = batch %d; %s.",
@@ -219,7 +219,7 @@ def sample_to_npz(config, workdir: str, out: str, **kwargs) -> dict:
   result = {"plan": plan, "chunks_skipped": plan.num_chunks - len(todo), "images_per_s": rate,
             "preempted": preempted}
   if preempted:
-    left = (~sample_store.finished_chunks(plan.chunk_dir, plan.num_chunks)).sum()
+    left = (~chunk_store.finished_chunks(plan.chunk_dir, plan.num_chunks)).sum()
     logging.warning("Preempted: %d of %d chunks left in %s; rerun the same command to finish.",
                     left, plan.num_chunks, plan.chunk_dir)
   elif jax.process_index() == 0:

@@ -3,7 +3,7 @@ on it, and one compiled generator that maps global image indices to images.
 
 Image k draws from fold_in(key(seed), k) alone (what rng.example_keys gives index k), so the
 batch, the device and the process an image lands in never change it; each device runs
-sampler.sample_patches on its own slice under shard_map, with no communication between devices.
+ar_loop.sample_patches on its own slice under shard_map, with no communication between devices.
 """
 
 import time
@@ -13,7 +13,9 @@ import numpy as np
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from pra_jax import sampler, sharding
+from pra_jax import sharding
+
+from pra_jax.sampling import ar_loop
 
 BATCH_AXES = ("data", "fsdp")
 
@@ -28,12 +30,12 @@ class DataParallelGenerator:
   """Images by global index on every device of `mesh`, compiled once for one global batch.
 
   A call is a global batch of B = per_device_batch x devices indices; device d generates its
-  slice of them with sampler.sample_patches under shard_map, from its own copy of the model. Image
+  slice of them with ar_loop.sample_patches under shard_map, from its own copy of the model. Image
   k draws from fold_in(key(seed), k), which is rng.example_keys(key(seed), ..., first_index=k):
   the batch, device and process it lands in do not change it.
   """
 
-  def __init__(self, model, mesh, settings: sampler.SampleSettings, seed: int,
+  def __init__(self, model, mesh, settings: ar_loop.SampleSettings, seed: int,
                per_device_batch: int):
     graphdef, state = nnx.split(model)
     self.mesh, self.batch = mesh, per_device_batch * mesh.size
@@ -48,7 +50,7 @@ class DataParallelGenerator:
       # (inside shard_map every array is already one device's).
       m = nnx.merge(graphdef, state)
       keys_b = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(jax.random.key(seed), index_b)
-      x_BNP, _ = sampler.sample_patches(m, labels_b, keys_b, settings)
+      x_BNP, _ = ar_loop.sample_patches(m, labels_b, keys_b, settings)
       return m.to_images(x_BNP)
 
     spec = P(BATCH_AXES)

@@ -7,7 +7,9 @@ import jax
 import numpy as np
 from PIL import Image
 
-from pra_jax import files, run_state, sampler
+from pra_jax import files, train_step
+
+from pra_jax.sampling import ar_loop
 
 
 def image_grid(images_BHWC: np.ndarray, rows: int) -> np.ndarray:
@@ -36,11 +38,11 @@ def class_rows(classes, per_class: int) -> np.ndarray:
 def write_grid(bundle, config, workdir: str, step: int, writer=None, per_class: int = 10,
                check_stop=None) -> str:
   """During training: an EMA sample grid to TensorBoard and workdir/samples/step_N.png."""
-  model = run_state.weights(bundle, config.sample.use_ema)
+  model = train_step.weights(bundle, config.sample.use_ema)
   classes = list(range(min(config.data.num_classes, 10)))
-  settings = sampler.SampleSettings.from_config(config.sample)
+  settings = ar_loop.SampleSettings.from_config(config.sample)
   labels = class_rows(classes, per_class)
-  images = sampler.generate_many(model, labels, jax.random.key(config.seed + 1), settings,
+  images = ar_loop.generate_many(model, labels, jax.random.key(config.seed + 1), settings,
                                  min(config.sample.batch_size, len(labels)), check_stop)
   grid = image_grid(images, rows=len(classes))
   path = os.path.join(workdir, "samples", f"step_{step:07d}.png")

@@ -47,7 +47,9 @@ import numpy as np
 from flax import nnx
 from PIL import Image, ImageDraw
 
-from pra_jax import batching, data, files, rollout, run_state, sampler, sharding
+from pra_jax import batching, data, files, rollout, sharding, restore
+
+from pra_jax.sampling import ar_loop
 from pra_jax.models import head as head_lib
 from pra_jax.studies import report
 
@@ -139,7 +141,7 @@ def measure(model, images, labels, key, config, *, num_steps: int | None = None,
                   for k in kinds)
   for _, c in configs:
     rollout.check_config(c)   # A state kind on a direct-pixel model: one clear error, up front.
-  labels = sampler.check_labels(labels, model.num_classes)
+  labels = ar_loop.check_labels(labels, model.num_classes)
   images = np.asarray(images)
   others = images[same_class_partners(labels)]
   num_calls = max(1, math.ceil(noise_draws / model.head.cfg.num_draws))
@@ -254,7 +256,7 @@ def run(config, workdir: str, *, outdir: str | None = None, num_images: int | No
         kinds=DEFAULT_KINDS, batch_size: int = 100, num_steps: int | None = None,
         couple_t0: float = 0.0) -> tuple[dict, str]:
   """Restores the run in workdir, measures its gap on held-out images and writes the outputs."""
-  model, mesh, step = run_state.restore_for_sampling(config, workdir, use_ema=use_ema)
+  model, mesh, step = restore.restore_for_sampling(config, workdir, use_ema=use_ema)
   images, labels = held_out(config, num_images)
   with sharding.use_mesh(mesh):
     result = measure(model, images, labels, jax.random.key(seed), config, num_steps=num_steps,

@@ -1,0 +1,70 @@
+"""Reading a trained run's weights back: the EMA (or raw) model of one checkpoint, and nothing
+else (Orbax partial restore: not the optimizer state, not the other copy of the model).
+
+One path for every reader, placed as the reader needs it:
+  restore_for_sampling(config, workdir)        # newest step, laid out as training lays it out
+  restore_weights(config, workdir, step, mesh)  # one step, replicated (the pod sampler)
+"""
+
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+from flax import nnx
+from jax.sharding import NamedSharding
+
+from pra_jax import checkpoint, config_check, sharding
+from pra_jax.models import pra
+
+
+def _part(use_ema: bool) -> str:
+  return "ema" if use_ema else "model"
+
+
+def _restore(ckpt, step: int, config, mesh, use_ema: bool, *, replicate: bool):
+  """The model of checkpoint `step`, its arrays on `mesh`: replicated, or sharded by the
+  model's own logical axes (as training holds them)."""
+  graphdef, abstract = nnx.split(pra.abstract_model(config, mesh))
+  placement = (lambda _: sharding.replicated(mesh)) if replicate else (
+      lambda x: NamedSharding(mesh, x.sharding.spec))
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=placement(x)),
+                        abstract)
+  part = _part(use_ema)
+  args = ocp.args.Composite(state=ocp.args.PyTreeRestore(
+      item={part: target}, partial_restore=True,
+      restore_args={part: jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding),
+                                       target)}))
+  try:
+    restored = ckpt.manager.restore(step, args=args)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f"checkpoint {ckpt.directory}/{step} does not restore into this config's "
+                     f"model ({type(e).__name__}: {str(e).splitlines()[0][:300]})") from e
+  logging.info("Restored the %s weights of step %d from %s.", "EMA" if use_ema else "raw", step,
+               ckpt.directory)
+  return nnx.merge(graphdef, restored["state"][part])
+
+
+def restore_weights(config, workdir: str, step: int, mesh, use_ema: bool = True):
+  """The EMA (or raw) model of checkpoint `step`, replicated on every device of `mesh`: the
+  data-parallel sampler's layout, never the training mesh's."""
+  ckpt = checkpoint.Checkpointer(workdir, config.checkpoint, read_only=True)
+  return _restore(ckpt, step, config, mesh, use_ema, replicate=True)
+
+
+def restore_for_sampling(config, workdir: str, use_ema: bool = True):
+  """(model, mesh, step): the EMA (or raw) model of the newest good checkpoint in `workdir`,
+  sharded on the config's training mesh, which the caller then samples or measures under.
+
+  Refuses another run's config before reading anything (by config.json, then by the saved tree),
+  and writes nothing.
+  """
+  with config_check.user_input():
+    config_check.validate(config)
+    checkpoint.check_readable(workdir, config)
+  ckpt = checkpoint.Checkpointer(workdir, config.checkpoint, read_only=True)
+  mesh = sharding.make_mesh(config.sharding.mesh)
+  want = {_part(use_ema): nnx.state(pra.abstract_model(config, mesh))}
+  with config_check.user_input():
+    step = ckpt.newest_step(want)
+  if step is None:
+    raise ValueError(f"no checkpoint in {ckpt.directory} restores into this config's model")
+  return _restore(ckpt, step, config, mesh, use_ema, replicate=False), mesh, step
