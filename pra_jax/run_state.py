@@ -23,7 +23,7 @@ from absl import logging
 from flax import nnx
 from jax.sharding import NamedSharding
 
-from pra_jax import checkpoint, config_check, loss, optim, rng, sharding
+from pra_jax import checkpoint, cli, config_check, loss, optim, rng, run_record, sharding
 from pra_jax.models import pra
 
 
@@ -181,13 +181,13 @@ def restore_for_sampling(config, workdir: str, use_ema: bool = True):
 
   Refuses another run's config before reading anything, and writes nothing.
   """
-  with config_check.user_input():
+  with cli.user_input():
     config_check.validate(config)
-    checkpoint.check_readable(workdir, config)
+    run_record.check_readable(workdir, config)
   ckpt = checkpoint.Checkpointer(workdir, config.checkpoint, read_only=True)
   mesh = sharding.make_mesh(config.sharding.mesh)
   graphdef, state = nnx.split(create_bundle(config, mesh))
-  with config_check.user_input():
+  with cli.user_input():
     state, step = ckpt.restore_latest(state)
   if state is None:
     raise ValueError(f"no checkpoint in {ckpt.directory} restores into this config's model")

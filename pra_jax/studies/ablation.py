@@ -22,7 +22,8 @@ import numpy as np
 from flax import traverse_util
 from absl import logging
 
-from pra_jax import checkpoint, config_check, data, files, grids, run_state, sampler, sharding
+from pra_jax import (checkpoint, config_check, data, files, grids, run_record, run_state, sampler,
+                     sharding)
 from pra_jax.studies import gap, report
 
 MODES = ("teacher", "pixel_noise", "recon", "pra", "head_sample", "exact", "direct_x", "direct_v")
@@ -169,7 +170,7 @@ def _write_json(path, obj):
 
 
 def _final_step_saved(config, workdir: str) -> bool:
-  if not os.path.isdir(checkpoint.checkpoint_dir(workdir)):
+  if not os.path.isdir(run_record.checkpoint_dir(workdir)):
     return False
   ckpt = checkpoint.Checkpointer(workdir, config.checkpoint, read_only=True)
   return config.train.num_steps in ckpt.all_steps()
