@@ -358,3 +358,30 @@ def role(key: str) -> Role:
   longer reads) cannot change what the parameters mean: run-time."""
   f = BY_KEY.get(key)
   return f.role if f is not None else RUN_TIME
+
+
+def _default_text(f: Field) -> str:
+  return repr(f.default)
+
+
+def listing() -> str:
+  """Every field, one block each: key, default, allowed values, role, comment (what
+  `python -m pra_jax.tools.config_fields` prints)."""
+  import textwrap
+  blocks = []
+  for f in FIELDS:
+    head = f"{f.key} = {_default_text(f)}    [{f.role.value}; {f.allowed()}]"
+    blocks.append(head + "\n" + textwrap.indent(textwrap.fill(f.doc, 92), "    "))
+  return "\n".join(blocks)
+
+
+def markdown_table() -> str:
+  """The README's field table (tests/test_readme.py checks the README holds exactly this)."""
+  def cell(text: str) -> str:
+    return text.replace("|", "\\|")
+  rows = ["| field | default | allowed | on resume | meaning |", "|---|---|---|---|---|"]
+  for f in FIELDS:
+    resume = "must match" if f.role is IDENTITY else "may change"
+    rows.append(f"| `{f.key}` | `{cell(_default_text(f))}` | {cell(f.allowed())} | {resume} | "
+                f"{cell(f.doc)} |")
+  return "\n".join(rows)
