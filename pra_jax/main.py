@@ -8,7 +8,8 @@ tiny.py, pra_s.py, pra_b.py, pra_l.py). Any config field can be overridden on th
 as --config.<section>.<field>=value, e.g.
   --config.train.num_steps=500 --config.rollout.mode=teacher --config.data.source=synthetic
 Sections: data, model (.backbone, .head, .state), rollout, loss, train, eval, sharding,
-checkpoint, sample. Every field, its default and its allowed values: configs/common.py. A
+checkpoint, sample. Every field, its default, its allowed values and whether a resume may
+change it: python -m pra_jax.tools.config_fields (declared in pra_jax/config_schema.py). A
 misspelled field is refused with the nearest names.
 
 Entry point: flags, distributed runtime, versions and devices, then train.train_and_evaluate.
