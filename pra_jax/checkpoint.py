@@ -1,16 +1,12 @@
-"""Orbax checkpoints of a whole run: model, optimizer, EMA, step and the data iterator, and the
-run's config record (workdir/config.json, workdir/config_history.jsonl).
+"""Orbax checkpoints of a whole run: model, optimizer, EMA, step and the data iterator.
 
 A checkpoint is either whole or ignored: Orbax commits a step directory atomically (it is
-written under a temporary name and renamed when complete). Reading never changes a workdir:
-a config that disagrees with the run's is refused before any restore, naming the keys, and a
-checkpoint whose tree differs from the model's is a config mismatch, never corruption. Only a
-training run that matched the config sets aside a step that does not restore.
+written under a temporary name and renamed when complete). A checkpoint whose tree differs from
+the model's is a config mismatch, never corruption. Only a training run that matched the config
+sets aside a step that does not restore. Which config may read or resume a workdir is
+`run_record`'s decision, made before anything here runs.
 """
 
-import dataclasses
-import datetime
-import json
 import os
 import time
 
@@ -19,171 +15,11 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
-from pra_jax import files
-
-CONFIG_FILE = "config.json"
-HISTORY_FILE = "config_history.jsonl"
-
-# What makes a checkpoint another run's: the keys that fix the parameter shapes and tree, or what
-# the parameters mean. The whole model section counts, except the run-time keys listed below (a
-# model key added later is refused until someone decides it is run-time). Every other section
-# (train, rollout, loss, eval, sample, checkpoint, sharding, the data paths) is run-time: a
-# resume may change it, and the change is logged and appended to config_history.jsonl. A change
-# that alters the optimizer's state tree (train.grad_clip to or from 0) is caught by comparing
-# the checkpoint's tree with the model's, and refused naming the changed keys.
-IDENTITY_KEYS = ("seed", "data.source", "data.tfds_name", "data.image_size", "data.channels",
-                 "data.num_classes", "model")
-RUN_TIME_MODEL_KEYS = (
-    "model.label_drop",               # Training recipe: how often the null class is drawn.
-    "model.backbone.remat_policy",    # Memory/compute trade of the same function.
-    "model.backbone.dtype",           # Compute dtype; parameters keep param_dtype.
-    "model.head.dtype",
-    "model.state.dtype",
-    "model.head.num_draws",           # Noise draws per position per step: a loss estimator.
-    "model.head.time_sampling",       # Training-time law of the flow time.
-    "model.head.logit_mean",
-    "model.head.logit_std",
-)
-
-
-class ConfigMismatch(ValueError):
-  """This config cannot read or resume the workdir's checkpoints (a user error)."""
-  pra_jax_user_error = True
+from pra_jax import run_record
 
 
 class CheckpointWriteError(OSError):
   """A save failed (disk full, permissions, I/O): the previous committed checkpoint stands."""
-
-
-def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), "checkpoints")
-
-
-def flatten(tree: dict, prefix: str = "") -> dict:
-  """Nested config dict -> {'model.backbone.width': 768, ...}."""
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, dict) and v:
-      out.update(flatten(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
-
-
-def is_identity_key(key: str) -> bool:
-  if key in RUN_TIME_MODEL_KEYS:
-    return False
-  return any(key == k or key.startswith(k + ".") for k in IDENTITY_KEYS)
-
-
-def config_dict(config) -> dict:
-  return json.loads(config.to_json_best_effort())
-
-
-def read_run_config(workdir: str) -> dict | None:
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
-    return None
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except (OSError, ValueError) as e:
-    raise ConfigMismatch(f"{path} is not readable JSON ({e}); restore it from a backup, or "
-                         f"start a new --workdir") from e
-
-
-def config_changes(old: dict, new: dict) -> dict:
-  """{dotted key: (old value, new value)} for every key that differs (missing = '<absent>')."""
-  a, b = flatten(old), flatten(new)
-  absent = "<absent>"
-  return {k: (a.get(k, absent), b.get(k, absent)) for k in sorted(set(a) | set(b))
-          if a.get(k, absent) != b.get(k, absent)}
-
-
-def _describe(changes: dict, limit: int = 8) -> str:
-  items = [f"{k}: {old!r} -> {new!r}" for k, (old, new) in changes.items()]
-  more = f" (and {len(items) - limit} more)" if len(items) > limit else ""
-  return "; ".join(items[:limit]) + more
-
-
-def has_checkpoints(workdir: str) -> bool:
-  d = checkpoint_dir(workdir)
-  return os.path.isdir(d) and any(name.isdigit() for name in os.listdir(d))
-
-
-@dataclasses.dataclass
-class WorkdirPlan:
-  """What a training run will do with its workdir, decided before anything is written."""
-  workdir: str
-  config: dict
-  changes: dict            # Run-time keys changed since the recorded config (resume only).
-  replace_checkpoints: bool  # --overwrite over another model's checkpoints: set them aside.
-
-
-def check_workdir(workdir: str, config, *, overwrite: bool = False) -> WorkdirPlan:
-  """Reads the workdir and decides; writes nothing (record_config does, once the run starts).
-
-  Refuses checkpoints of another run (an identity key differs from workdir/config.json) unless
-  `overwrite`, naming each key with both values.
-  """
-  new = config_dict(config)
-  old = read_run_config(workdir)
-  if old is None or not has_checkpoints(workdir):
-    return WorkdirPlan(workdir, new, {}, False)
-  changes = config_changes(old, new)
-  identity = {k: v for k, v in changes.items() if is_identity_key(k)}
-  if identity and not overwrite:
-    raise ConfigMismatch(
-        f"workdir {workdir} holds checkpoints of another run: {_describe(identity)} (recorded "
-        f"in {os.path.join(workdir, CONFIG_FILE)} -> this config). Use the recorded values, a "
-        f"new --workdir, or --overwrite to start this config there (the old checkpoints are "
-        f"kept under checkpoints.replaced-<time>)")
-  if identity:
-    return WorkdirPlan(workdir, new, {}, True)
-  return WorkdirPlan(workdir, new, changes, False)
-
-
-def check_readable(workdir: str, config) -> None:
-  """For reads (sampling, probes): refuses a config that is not the run's. Writes nothing."""
-  if not has_checkpoints(workdir):
-    raise FileNotFoundError(f"no checkpoint in {checkpoint_dir(workdir)}: train first with "
-                            f"python -m pra_jax.main --config=... --workdir={workdir}")
-  old = read_run_config(workdir)
-  if old is None:
-    return  # A workdir from before config.json was recorded: the tree comparison still guards.
-  identity = {k: v for k, v in config_changes(old, config_dict(config)).items()
-              if is_identity_key(k)}
-  if identity:
-    raise ConfigMismatch(
-        f"this config does not match the run in {workdir}: {_describe(identity)} (recorded in "
-        f"{os.path.join(workdir, CONFIG_FILE)} -> this config). Pass the run's --config (or "
-        f"those values as flags)")
-
-
-def record_config(plan: WorkdirPlan, step: int) -> None:
-  """Once the run is known to start: config.json, the history line, the overwrite's set-aside."""
-  if jax.process_index() == 0:
-    workdir = plan.workdir
-    os.makedirs(workdir, exist_ok=True)
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    if plan.replace_checkpoints:
-      aside = f"{checkpoint_dir(workdir)}.replaced-{stamp}"
-      os.replace(checkpoint_dir(workdir), aside)
-      logging.warning("--overwrite: the previous run's checkpoints were moved to %s.", aside)
-    for key, (old, new) in plan.changes.items():
-      logging.warning("Resuming with config %s changed: %r -> %r.", key, old, new)
-    if plan.changes or plan.replace_checkpoints or not os.path.exists(
-        os.path.join(workdir, HISTORY_FILE)):
-      event = ("overwrite" if plan.replace_checkpoints else "resume" if plan.changes else "start")
-      line = {"time": stamp, "event": event, "step": step,
-              "changes": {k: list(v) for k, v in plan.changes.items()}}
-      with open(os.path.join(workdir, HISTORY_FILE), "a") as f:
-        f.write(json.dumps(line, sort_keys=True) + "\n")
-    path = os.path.join(workdir, CONFIG_FILE)
-    files.write_json(path, plan.config, indent=2, sort_keys=True)
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices("pra_jax recorded the config")
 
 
 def _leaf_path(path) -> str:
@@ -213,7 +49,7 @@ class Checkpointer:
   """
 
   def __init__(self, workdir: str, ckpt_cfg, *, read_only: bool = False):
-    self.directory = checkpoint_dir(workdir)
+    self.directory = run_record.checkpoint_dir(workdir)
     self.read_only = read_only
     options = ocp.CheckpointManagerOptions(
         max_to_keep=ckpt_cfg.max_to_keep,
@@ -299,7 +135,7 @@ class Checkpointer:
         continue
       saved = {k: v for k, v in saved.items() if k.split(".")[0] in parts}
       if saved != want:
-        raise ConfigMismatch(self._mismatch_message(step, saved, want, changes))
+        raise run_record.ConfigMismatch(self._mismatch_message(step, saved, want, changes))
       return step
     return None
 
@@ -320,7 +156,7 @@ class Checkpointer:
         self._unreadable(step, e)
         continue
       if saved != want:
-        raise ConfigMismatch(self._mismatch_message(step, saved, want, changes))
+        raise run_record.ConfigMismatch(self._mismatch_message(step, saved, want, changes))
       try:
         return self.restore(step, target_state, data_iter), step
       except Exception as e:  # pylint: disable=broad-except
@@ -338,7 +174,7 @@ class Checkpointer:
         parts.append(f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}")
     for k in reshaped[:4]:
       parts.append(f"{k} is {saved[k]} in the checkpoint, {want[k]} here")
-    cause = (f"config keys changed since the run was recorded: {_describe(changes)}"
+    cause = (f"config keys changed since the run was recorded: {run_record.describe(changes)}"
              if changes else "no config key differs from the recorded run, so the code changed")
     return (f"checkpoint {self.directory}/{step} holds another model's state ({'; '.join(parts)})"
             f"; {cause}. Resume with the recorded values, or use a new --workdir")

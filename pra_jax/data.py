@@ -421,6 +421,7 @@ def _tfds_build_hint(name: str, data_dir: str | None) -> str:
 def _open_tfds(data_cfg: ml_collections.ConfigDict, split: str) -> Any:
   import tensorflow_datasets as tfds  # Imported lazily: only the TFDS source needs it.
 
+  # tfds_data_dir '' is unset: TFDS then reads $TFDS_DATA_DIR, else its default.
   name, data_dir = data_cfg.tfds_name, data_cfg.tfds_data_dir or None
   if data_dir is not None and not os.path.isdir(data_dir):
     raise FileNotFoundError(f"TFDS data dir {data_dir!r} (data.tfds_data_dir) does not exist; "

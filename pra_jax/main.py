@@ -8,7 +8,8 @@ tiny.py, pra_s.py, pra_b.py, pra_l.py). Any config field can be overridden on th
 as --config.<section>.<field>=value, e.g.
   --config.train.num_steps=500 --config.rollout.mode=teacher --config.data.source=synthetic
 Sections: data, model (.backbone, .head, .state), rollout, loss, train, eval, sharding,
-checkpoint, sample. Every field, its default and its allowed values: configs/common.py. A
+checkpoint, sample. Every field, its default, its allowed values and whether a resume may
+change it: python -m pra_jax.tools.config_fields (declared in pra_jax/config_schema.py). A
 misspelled field is refused with the nearest names.
 
 Entry point: flags, distributed runtime, versions and devices, then train.train_and_evaluate.
@@ -32,21 +33,21 @@ _DISTRIBUTED = distributed.define_flags()   # --distributed, --coordinator_addre
 
 def _check_inputs():
   """Everything about the user's input that is known before jax or TensorFlow start."""
-  from pra_jax import checkpoint, config_check
+  from pra_jax import cli, config_check, run_record
   if _WORKDIR.value is None:
-    config_check.usage_error("--workdir is required (checkpoints, logs and samples go there)")
+    cli.usage_error("--workdir is required (checkpoints, logs and samples go there)")
   heartbeat = _DISTRIBUTED["heartbeat_timeout"].value
   if heartbeat < 1:
-    config_check.usage_error(f"--heartbeat_timeout must be at least 1 s, got {heartbeat}")
-  with config_check.user_input():
+    cli.usage_error(f"--heartbeat_timeout must be at least 1 s, got {heartbeat}")
+  with cli.user_input():
     config_check.validate(_CONFIG.value)
-    checkpoint.check_workdir(_WORKDIR.value, _CONFIG.value, overwrite=_OVERWRITE.value)
+    run_record.check_workdir(_WORKDIR.value, _CONFIG.value, overwrite=_OVERWRITE.value)
 
 
-def main(argv):   # Run through config_check.cli, which also quiets the libraries' logs.
+def main(argv):   # Run through cli.one_line_errors, which also quiets the libraries' logs.
   if len(argv) > 1:
-    from pra_jax import config_check
-    config_check.usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
+    from pra_jax import cli
+    cli.usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
   _check_inputs()
   import tensorflow as tf  # CLU writes summaries with TF: keep it off the accelerators.
   tf.config.set_visible_devices([], "GPU")
@@ -93,5 +94,5 @@ def summary(config_path: str, workdir: str, config, metrics: dict) -> str:
 
 
 if __name__ == "__main__":
-  from pra_jax import config_check
-  app.run(config_check.cli(main), flags_parser=config_check.parse_flags)
+  from pra_jax import cli
+  app.run(cli.one_line_errors(main), flags_parser=cli.parse_flags)

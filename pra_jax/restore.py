@@ -12,7 +12,7 @@ from absl import logging
 from flax import nnx
 from jax.sharding import NamedSharding
 
-from pra_jax import checkpoint, config_check, sharding
+from pra_jax import checkpoint, cli, config_check, run_record, sharding
 from pra_jax.models import pra
 
 
@@ -57,13 +57,13 @@ def restore_for_sampling(config, workdir: str, use_ema: bool = True):
   Refuses another run's config before reading anything (by config.json, then by the saved tree),
   and writes nothing.
   """
-  with config_check.user_input():
+  with cli.user_input():
     config_check.validate(config)
-    checkpoint.check_readable(workdir, config)
+    run_record.check_readable(workdir, config)
   ckpt = checkpoint.Checkpointer(workdir, config.checkpoint, read_only=True)
   mesh = sharding.make_mesh(config.sharding.mesh)
   want = {_part(use_ema): nnx.state(pra.abstract_model(config, mesh))}
-  with config_check.user_input():
+  with cli.user_input():
     step = ckpt.newest_step(want)
   if step is None:
     raise ValueError(f"no checkpoint in {ckpt.directory} restores into this config's model")

@@ -13,8 +13,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from pra_jax import config_check, distributed
-
+from pra_jax import cli, config_check, distributed
 from pra_jax.sampling import resumable_job
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file of the run.")
@@ -49,7 +48,7 @@ def main(argv):
     raise app.UsageError("--config, --workdir and --out are required")
   if not _OUT.value.endswith(".npz"):
     raise app.UsageError(f"--out must name a .npz file, got {_OUT.value}")
-  with config_check.user_input():  # Before anything compiles.
+  with cli.user_input():  # Before anything compiles.
     if _NUM_IMAGES.value is not None:   # None: 50 per class (ADM's protocol).
       config_check.check_number("--num_images", _NUM_IMAGES.value, 1, float("inf"))
     if _CFG.value is not None:
@@ -75,4 +74,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(config_check.cli(main), flags_parser=config_check.parse_flags)
+  app.run(cli.one_line_errors(main), flags_parser=cli.parse_flags)

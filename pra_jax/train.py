@@ -17,8 +17,8 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 from flax import nnx, traverse_util
 
-from pra_jax import (checkpoint, config_check, data, periodic_eval, profiling, sharding,
-                     train_step)
+from pra_jax import (checkpoint, cli, config_check, data, periodic_eval, profiling, run_record,
+                     sharding, train_step)
 from pra_jax import preemption as preemption_lib
 from pra_jax.sampling import grids
 from pra_jax.models import pra
@@ -33,7 +33,7 @@ class _LogWriter(metric_writers.LoggingWriter):
 
   def write_hparams(self, hparams):
     logging.info("Hyperparameters: %d fields, on TensorBoard's HPARAMS tab and in %s.",
-                 len(hparams), checkpoint.CONFIG_FILE)
+                 len(hparams), run_record.CONFIG_FILE)
 
 
 def _make_writer(workdir: str):
@@ -79,9 +79,9 @@ def train_and_evaluate(config, workdir: str, *, overwrite: bool = False) -> dict
 
 def _train(config, workdir, overwrite, preemption) -> dict:
   # -- checks that cost nothing ---------------------------------------------------------
-  with config_check.user_input():
+  with cli.user_input():
     config_check.validate(config)
-    plan = checkpoint.check_workdir(workdir, config, overwrite=overwrite)
+    plan = run_record.check_workdir(workdir, config, overwrite=overwrite)
     mesh = sharding.make_mesh(config.sharding.mesh)
     global_batch = config.train.batch_size
     if global_batch % sharding.batch_divisor(mesh) or global_batch % jax.process_count():
@@ -116,14 +116,14 @@ def _train(config, workdir, overwrite, preemption) -> dict:
   preemption.is_saving = ckpt.saving
   restored, start_step = None, None
   if not plan.replace_checkpoints:
-    with config_check.user_input():
+    with cli.user_input():
       restored, start_step = ckpt.restore_latest(state, train_iter, changes=plan.changes)
   if restored is not None:
     state = restored
     logging.info("Resumed from %s at step %d.", ckpt.directory, start_step)
   start_step = start_step or 0
   # The run starts: from here on it writes.
-  checkpoint.record_config(plan, start_step)
+  run_record.record_config(plan, start_step)
   if jax.process_index() == 0:   # One line per parameter: shape, dtype, sharding.
     with open(os.path.join(workdir, PARAMS_FILE), "w") as f:
       f.write("\n".join(param_table) + "\n")

@@ -99,3 +99,13 @@ def test_command_runs_as_written(command):
         for part in arg[len("--config."):].partition("=")[0].split("."):
           assert part in node, f"{command!r}: {config_file} has no field {arg.split('=')[0]}"
           node = node[part]
+
+
+def test_the_config_field_table_is_the_schemas():
+  """The README's field table is generated from pra_jax/config_schema.py, never edited by hand:
+  regenerate it with python -m pra_jax.tools.config_fields --markdown."""
+  from pra_jax import config_schema
+  found = re.search(r"<!-- config fields: [^\n]*-->\n(.*?)\n<!-- end of config fields -->", README,
+                    re.S)
+  assert found, "the README has no generated config field table"
+  assert found.group(1) == config_schema.markdown_table()

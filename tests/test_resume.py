@@ -13,7 +13,7 @@ import pytest
 from absl import logging as absl_logging
 
 from configs import tiny
-from pra_jax import checkpoint, config_check, train, restore
+from pra_jax import checkpoint, config_check, restore, run_record, train
 
 
 def _config(**train_overrides):
@@ -53,7 +53,7 @@ def test_read_with_the_wrong_config_is_refused_and_moves_nothing(run):
   with pytest.raises(ValueError, match=r"model\.state\.decoder_context: False -> True"):
     restore.restore_for_sampling(config, run)
   # Without config.json the tree comparison still refuses, and still moves nothing.
-  os.remove(os.path.join(run, checkpoint.CONFIG_FILE))
+  os.remove(os.path.join(run, run_record.CONFIG_FILE))
   with pytest.raises(ValueError, match="only in this model"):
     restore.restore_for_sampling(config, run)
   assert _listing(run) == before
@@ -77,14 +77,26 @@ def test_only_identity_keys_refuse_a_resume(trained):
                      ("train.lr", 5e-4), ("sharding.mesh.fsdp", 2)):
     config = _config()
     config_check.set_field(config, key, value)
-    plan = checkpoint.check_workdir(trained, config)
+    plan = run_record.check_workdir(trained, config)
     assert list(plan.changes) == [key] and not plan.replace_checkpoints, (key, plan.changes)
   for key, value in (("model.backbone.width", 64), ("model.state.decoder_context", True),
                      ("data.image_size", 8), ("seed", 1)):
     config = _config()
     config_check.set_field(config, key, value)
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
-      checkpoint.check_workdir(trained, config)
+      run_record.check_workdir(trained, config)
+
+
+def test_attention_kernel_may_change_on_resume(trained):
+  """The same function and parameters in every kernel: a run trained with 'xla' resumes on a
+  TPU with 'splash' (or a GPU with 'cudnn'). Its role is declared with the field, so no
+  allow-list can leave it out (the old one did, and refused this resume)."""
+  for kernel in ("splash", "cudnn"):
+    config = _config()
+    config_check.set_field(config, "model.backbone.attention", kernel)
+    plan = run_record.check_workdir(trained, config)
+    assert plan.changes == {"model.backbone.attention": ("xla", kernel)}
+    assert not plan.replace_checkpoints
 
 
 def test_resume_accepts_run_time_changes_and_records_them(run, caplog):
@@ -99,13 +111,13 @@ def test_resume_accepts_run_time_changes_and_records_them(run, caplog):
   assert any("Resumed from" in m and "at step 2" in m for m in messages), messages[-20:]
   assert any("config sample.cfg changed: 2.0 -> 1.5" in m for m in messages), messages[-20:]
   assert any(m.startswith("Checkpoint 3: sync save, ") for m in messages)  # One line per save.
-  with open(os.path.join(run, checkpoint.HISTORY_FILE)) as f:
+  with open(os.path.join(run, run_record.HISTORY_FILE)) as f:
     history = [json.loads(line) for line in f]
   assert history[0]["event"] == "start" and history[-1]["event"] == "resume"
   assert history[-1]["step"] == 2
   assert history[-1]["changes"] == {"checkpoint.max_to_keep": [3, 5], "sample.cfg": [2.0, 1.5],
                                     "train.log_every": [1, 2], "train.num_steps": [2, 3]}
-  with open(os.path.join(run, checkpoint.CONFIG_FILE)) as f:
+  with open(os.path.join(run, run_record.CONFIG_FILE)) as f:
     assert json.load(f)["sample"]["cfg"] == 1.5
   assert _listing(run)[-1] == "3"
 
@@ -123,11 +135,11 @@ def test_failed_starts_write_nothing(run, tmp_path):
   assert not os.path.exists(fresh)
 
   # A failed --overwrite leaves the recorded config, so the original run still resumes.
-  recorded = open(os.path.join(run, checkpoint.CONFIG_FILE)).read()
+  recorded = open(os.path.join(run, run_record.CONFIG_FILE)).read()
   config.model.backbone.width = 64
   with pytest.raises(FileNotFoundError, match="nowhere"):
     train.train_and_evaluate(config, run, overwrite=True)
-  assert open(os.path.join(run, checkpoint.CONFIG_FILE)).read() == recorded
+  assert open(os.path.join(run, run_record.CONFIG_FILE)).read() == recorded
   assert _listing(run) == ["2"]
   train.train_and_evaluate(_config(num_steps=3), run)
   assert _listing(run)[-1] == "3"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import factories as F
-from pra_jax import loss, rng, rollout
+from pra_jax import config_check, loss, rng, rollout
 from pra_jax.sampling import ar_loop
 from pra_jax.models import head as head_lib
 
@@ -152,15 +152,17 @@ def test_coupling_at_t0_one_gives_exactly_the_recon_inputs(batch, mode):
 
 
 def test_config_errors():
-  with pytest.raises(ValueError, match="rollout.mode must be one of"):
-    rollout.check_config(F.tiny_config(**{"rollout.mode": "scheduled_sampling"}))
-  with pytest.raises(ValueError, match="rollout.sigma_law must be one of"):
-    rollout.check_config(F.tiny_config(**{"rollout.sigma_law": "cosine"}))
+  # Each value alone is checked once, against its declaration (config_check); check_config
+  # keeps what spans fields.
+  with pytest.raises(ValueError, match="rollout.mode='scheduled_sampling' is not one of"):
+    config_check.validate(F.tiny_config(**{"rollout.mode": "scheduled_sampling"}))
+  with pytest.raises(ValueError, match="rollout.sigma_law='cosine' is not one of"):
+    config_check.validate(F.tiny_config(**{"rollout.sigma_law": "cosine"}))
   with pytest.raises(ValueError, match="0 <= sigma_min <= sigma_max"):
     rollout.check_config(F.tiny_config(**{"rollout.sigma_min": 0.8, "rollout.sigma_max": 0.2}))
   for bad in (-0.1, 1.5):
     with pytest.raises(ValueError, match="rollout.couple_t0 must be a number in"):
-      rollout.check_config(F.tiny_config(**{"rollout.couple_t0": bad}))
+      config_check.validate(F.tiny_config(**{"rollout.couple_t0": bad}))
   for mode in ("pra", "recon"):
     config = F.tiny_config(**{"rollout.mode": mode, "model.direct_pixel": True})
     with pytest.raises(ValueError, match="direct_pixel=True has no state encoder/decoder"):

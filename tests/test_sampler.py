@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import factories as F
+from pra_jax import config_check
 from pra_jax.sampling import ar_loop
 from pra_jax.models import head as head_lib
 
@@ -123,9 +124,10 @@ def test_bad_requests_are_rejected(model):
     ar_loop.generate(model, np.array([1.5, 2.0]), key, settings)
   with pytest.raises(ValueError, match="1-D integer array"):
     ar_loop.generate(model, np.zeros((2, 2), np.int32), key, settings)
-  with pytest.raises(ValueError, match="cfg_schedule must be one of"):
-    dataclasses.replace(settings, cfg_schedule="cosine")
-  with pytest.raises(ValueError, match="solver must be 'euler' or 'heun'"):
-    dataclasses.replace(settings, solver="rk4")
+  # solver and cfg_schedule are checked once, against their declarations (config_check).
+  with pytest.raises(ValueError, match="sample.cfg_schedule='cosine' is not one of"):
+    config_check.validate(F.tiny_config(**{"sample.cfg_schedule": "cosine"}))
+  with pytest.raises(ValueError, match=r"sample.solver='rk4' is not one of \('euler', 'heun'\)"):
+    config_check.validate(F.tiny_config(**{"sample.solver": "rk4"}))
   with pytest.raises(ValueError, match="num_steps must be >= 1"):
     dataclasses.replace(settings, num_steps=0)

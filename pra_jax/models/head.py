@@ -129,8 +129,6 @@ def sample(head: FlowHead, h_MD, noise_MZ, *, num_steps: int, solver: str = "eul
   velocities, v = v_u + s (v_c - v_u), from one batched head call on [cond; uncond] that shares
   the same z_t; `cfg_scale` may be a scalar or a per-position [M] array.
   """
-  if solver not in SOLVERS:
-    raise ValueError(f"sampler solver must be one of {SOLVERS}, got {solver!r}")
   if num_steps < 1:
     raise ValueError(f"sampler num_steps must be >= 1, got {num_steps}")
   if isinstance(t0, (int, float)) and not 0.0 <= t0 <= 1.0:

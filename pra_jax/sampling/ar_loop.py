@@ -31,12 +31,7 @@ class SampleSettings:
   temperature: float           # Scales the head's initial noise.
   use_cache: bool = True       # False recomputes the whole prefix every step (for checks).
 
-  def __post_init__(self):
-    if self.cfg_schedule not in CFG_SCHEDULES:
-      raise ValueError(f"cfg_schedule must be one of {CFG_SCHEDULES}, got {self.cfg_schedule!r}")
-    if self.solver not in head_lib.SOLVERS:
-      raise ValueError(f"solver must be {' or '.join(map(repr, head_lib.SOLVERS))}, got "
-                       f"{self.solver!r}")
+  def __post_init__(self):  # solver and cfg_schedule come from a checked config (config_check).
     if self.num_steps < 1 or self.temperature < 0:
       raise ValueError(f"num_steps must be >= 1 and temperature >= 0, got {self.num_steps}, "
                        f"{self.temperature}")

@@ -22,10 +22,9 @@ import numpy as np
 from flax import traverse_util
 from absl import logging
 
-from pra_jax import checkpoint, config_check, data, files, sharding, restore
-
+from pra_jax import checkpoint, config_check, data, files, restore, run_record, sharding
 from pra_jax.sampling import ar_loop, grids
-from pra_jax.studies import rollout_gap, report
+from pra_jax.studies import report, rollout_gap
 
 MODES = ("teacher", "pixel_noise", "recon", "pra", "head_sample", "exact", "direct_x", "direct_v")
 DEFAULT_SIGMAS = (0.25, 0.5, 1.0, 2.0)
@@ -171,7 +170,7 @@ def _write_json(path, obj):
 
 
 def _final_step_saved(config, workdir: str) -> bool:
-  if not os.path.isdir(checkpoint.checkpoint_dir(workdir)):
+  if not os.path.isdir(run_record.checkpoint_dir(workdir)):
     return False
   ckpt = checkpoint.Checkpointer(workdir, config.checkpoint, read_only=True)
   return config.train.num_steps in ckpt.all_steps()
