@@ -76,6 +76,30 @@ def test_frechet_distance_is_exact_and_silent_for_singular_covariances():
   assert lowrank == pytest.approx(fid.fid_from_features(few, mu, sigma), rel=1e-9)
 
 
+def test_frechet_trace_is_exact_with_fewer_samples_than_dims_and_dead_features():
+  # Both sets n < d, feature scales over 6 decades, every 7th feature constant: many real
+  # eigenvalues of the product are tiny. The independent value: with S_i = A_i^T A_i (centred
+  # features over sqrt(n - 1)), Tr sqrt(S1 S2) is the nuclear norm of A1 A2^T (float64 SVD).
+  # An eigenvalue noise cut-off (d * eps * max) zeroed real ones: 2e-5 to 7e-5 off here.
+  rng = np.random.default_rng(0)
+  d = 512
+  scales = np.logspace(-5, 1, d)
+
+  def features(n, gain):
+    f = rng.normal(size=(n, d)) * scales * gain
+    f[:, ::7] = 0.7
+    return f
+
+  f1, f2 = features(200, 1.0), features(300, 1.1)
+  a1, a2 = [(f - f.mean(0)) / np.sqrt(len(f) - 1) for f in (f1, f2)]
+  want_trace = np.linalg.svd(a1 @ a2.T, compute_uv=False).sum()
+  (mu1, s1), (mu2, s2) = fid.feature_statistics(f1), fid.feature_statistics(f2)
+  want = (mu1 - mu2) @ (mu1 - mu2) + np.trace(s1) + np.trace(s2) - 2.0 * want_trace
+  assert abs(fid.trace_sqrt_product(s1, s2) - want_trace) < 1e-7
+  assert abs(fid.frechet_distance(mu1, s1, mu2, s2) - want) < 1e-7
+  assert abs(fid.fid_from_features(f1, mu2, s2) - want) < 1e-7
+
+
 @pytest.mark.parametrize("n", [12, 60])  # n <= d: the n x n path; n > d: frechet_distance.
 def test_fid_from_features_equals_frechet_distance(n):
   rng = np.random.default_rng(n)
@@ -178,14 +202,49 @@ def test_precision_recall_matches_definition_across_blocks():
                                 distances="float32") == pytest.approx(want, abs=1e-12)
 
 
+def _tf_half_sum(v, first):
+  """TF's CPU float16 reduce_sum of one row v (float16) at flat index `first`, one element at a
+  time: Eigen splits a run of more than 200 packets of 8 in two at a packet boundary; a run
+  fills 4 packet accumulators, adds them in order and the leftover packets to the first, sums
+  the packet's lanes in float32 (rounded once) and the leftover scalars in float16."""
+  n, packet = len(v), 8
+  if n > packet * 200:
+    split = packet * -(-(first + -(-n // 2)) // packet)
+    left = min(split - first, n)
+    total = _tf_half_sum(v[:left], first)
+    return total if left == n else np.float16(total + _tf_half_sum(v[left:], split))
+  lanes = [[np.float16(0)] * packet for _ in range(4)]
+  unrolled = (n // 32) * 32 if n >= 32 else 0
+  for j in range(unrolled):
+    acc, lane = (j % 32) // packet, j % packet
+    lanes[acc][lane] = np.float16(lanes[acc][lane] + v[j])
+  lane_sums = lanes[0]
+  for acc in lanes[1:]:
+    lane_sums = [np.float16(x + y) for x, y in zip(lane_sums, acc)]
+  for j in range(unrolled, (n // packet) * packet):
+    lane_sums[j % packet] = np.float16(lane_sums[j % packet] + v[j])
+  scalar = np.float16(0)
+  for j in range((n // packet) * packet, n):
+    scalar = np.float16(scalar + v[j])
+  f = [np.float32(x) for x in lane_sums]
+  return np.float16(scalar + np.float16(((f[0] + f[4]) + (f[2] + f[6]))
+                                        + ((f[1] + f[5]) + (f[3] + f[7]))))
+
+
+def _tf_half_norms(x16):
+  return np.array([_tf_half_sum(row, i * x16.shape[1]) for i, row in enumerate(x16 * x16)],
+                  np.float16)
+
+
 def _adm_float16_distances(a, b):
   """ADM's float16-first block distances, spelled out in numpy float16 (one rounding per op):
-  norms and a.b accumulated in float32 and rounded, as a float16 GEMM with float32
-  accumulation does; a block holding an inf is redone in float32."""
+  norms summed in float16 as TF's CPU reduce_sum does (_tf_half_sum), a.b accumulated in
+  float32 and rounded, as a float16 GEMM with float32 accumulation does; a block holding an
+  inf is redone in float32."""
   a16, b16 = a.astype(np.float16), b.astype(np.float16)
   with np.errstate(over="ignore", invalid="ignore"):  # Overflow to inf is the point.
-    a2 = np.sum((a16 * a16).astype(np.float32), axis=1).astype(np.float16)[:, None]
-    b2 = np.sum((b16 * b16).astype(np.float32), axis=1).astype(np.float16)[None, :]
+    a2 = _tf_half_norms(a16)[:, None]
+    b2 = _tf_half_norms(b16)[None, :]
     ab = (a16.astype(np.float32) @ b16.astype(np.float32).T).astype(np.float16)
     d = np.maximum((a2 - np.float16(2) * ab) + b2, np.float16(0))
   if np.isfinite(d).all():
@@ -194,10 +253,18 @@ def _adm_float16_distances(a, b):
   return np.maximum((a * a).sum(1)[:, None] - 2 * a @ b.T + (b * b).sum(1)[None, :], 0)
 
 
-def _precision_recall_adm16(ref, smp, k=3):
-  ref_r = np.sort(_adm_float16_distances(ref, ref), axis=1)[:, k]
-  smp_r = np.sort(_adm_float16_distances(smp, smp), axis=1)[:, k]
-  d = _adm_float16_distances(ref, smp)
+def _blockwise(fn, a, b, block):
+  """fn over row blocks of a and b, as ADM feeds them (each block one tensor)."""
+  return np.concatenate([np.concatenate([fn(a[i:i + block], b[j:j + block])
+                                         for j in range(0, len(b), block)], axis=1)
+                         for i in range(0, len(a), block)], axis=0)
+
+
+def _precision_recall_adm16(ref, smp, k=3, block=10000):
+  dist = lambda a, b: _blockwise(_adm_float16_distances, a, b, block)
+  ref_r = np.sort(dist(ref, ref), axis=1)[:, k]
+  smp_r = np.sort(dist(smp, smp), axis=1)[:, k]
+  d = dist(ref, smp)
   return (d <= ref_r[:, None]).any(0).mean(), (d <= smp_r[None, :]).any(1).mean()
 
 
@@ -215,7 +282,7 @@ def _clustered_features(seed: int, offset: float):
 def test_precision_recall_float16_adm_rounds_as_adm_does():
   ref, smp = _clustered_features(0, offset=100.0)
   exact = _precision_recall_bruteforce(ref.astype(np.float64), smp.astype(np.float64))
-  adm = _precision_recall_adm16(ref, smp)
+  adm = _precision_recall_adm16(ref, smp, block=16)
   got16 = fid.precision_recall(ref, smp, k=3, block=16, distances="float16_adm")
   got32 = fid.precision_recall(ref, smp, k=3, block=16, distances="float32")
   print(f"precision/recall exact {exact}, float32 {got32}, ADM float16 {adm}, ours {got16}")
@@ -230,7 +297,102 @@ def test_precision_recall_float16_adm_falls_back_to_float32_on_overflow():
   ref, smp = _clustered_features(1, offset=300.0)
   got16 = fid.precision_recall(ref, smp, k=3, block=16, distances="float16_adm")
   assert got16 == fid.precision_recall(ref, smp, k=3, block=16, distances="float32")
-  assert got16 == pytest.approx(_precision_recall_adm16(ref, smp), abs=1e-12)
+  assert got16 == pytest.approx(_precision_recall_adm16(ref, smp, block=16), abs=1e-12)
+
+
+def _tf_session():
+  """A TF1 graph-mode session (ADM's evaluator runs tf.compat.v1 graphs) and its graph."""
+  import tensorflow as tf
+  graph = tf.Graph()
+  return tf, graph, tf.compat.v1.Session(graph=graph)
+
+
+@pytest.mark.parametrize("dims", [3, 8, 33, 100, 1601, 2023, 2048])
+def test_float16_norms_are_tensorflows_reduce_sum(dims):
+  # TF's CPU float16 reduce_sum accumulates in float16 in Eigen's order: the spelled-out model
+  # (_tf_half_sum) and fid's vectorised one equal TF bit for bit; a float32 sum rounded once
+  # (what float16_adm did before) does not.
+  tf, graph, sess = _tf_session()
+  with graph.as_default():
+    x = tf.compat.v1.placeholder(tf.float16, [None, None])
+    norms = tf.reduce_sum(tf.square(x), 1)
+  rng = np.random.default_rng(dims)
+  feats = (np.abs(rng.normal(size=(24, dims))) * 0.45).astype(np.float16)
+  want = sess.run(norms, {x: feats})
+  np.testing.assert_array_equal(_tf_half_norms(feats), want)
+  np.testing.assert_array_equal(fid.tf_cpu_half_row_sums(feats * feats), want)
+  if dims >= 33:
+    float32_sum = (feats * feats).astype(np.float32).sum(1).astype(np.float16)
+    assert (float32_sum != want).any()
+
+
+def _tensorflow_adm_precision_recall(ref, smp, k=3, block=10000):
+  """Precision, recall and both sets' k-NN radii as ADM's evaluator computes them, in a TF1
+  graph: float16 features, norms by reduce_sum of squares, |u|^2 - 2 u.v + |v|^2 clipped at 0,
+  the block redone in float32 if any distance is not finite; radius = k-th smallest distance
+  beside the point's own; a point is covered if within some ball of the other set."""
+  tf, graph, sess = _tf_session()
+  v1 = tf.compat.v1
+  with graph.as_default():
+    u_in, v_in = v1.placeholder(tf.float32, [None, None]), v1.placeholder(tf.float32, [None, None])
+
+    def distances(u, v):
+      nu = tf.reshape(tf.reduce_sum(tf.square(u), 1), [-1, 1])
+      nv = tf.reshape(tf.reduce_sum(tf.square(v), 1), [1, -1])
+      return tf.maximum(nu - 2 * tf.matmul(u, v, False, True) + nv, 0.0)
+
+    u16, v16 = tf.cast(u_in, tf.float16), tf.cast(v_in, tf.float16)
+    d16 = distances(u16, v16)
+    product16 = tf.matmul(u16, v16, False, True)
+    d = tf.cond(tf.reduce_all(tf.math.is_finite(d16)), lambda: tf.cast(d16, tf.float32),
+                lambda: distances(u_in, v_in))
+  dist = lambda a, b: _blockwise(lambda x, y: sess.run(d, {u_in: x, v_in: y}), a, b, block)
+  ref_r = np.partition(dist(ref, ref), k, axis=1)[:, k]
+  smp_r = np.partition(dist(smp, smp), k, axis=1)[:, k]
+  cross = dist(ref, smp)
+  precision = (cross <= ref_r[:, None]).any(0).mean()
+  recall = (cross <= smp_r[None, :]).any(1).mean()
+  # One block's float16 distances and its float16 u.v, to check the rest of the model with TF's
+  # own product.
+  block16 = sess.run([d16, product16], {u_in: ref[:block], v_in: smp[:block]})
+  return precision, recall, ref_r, smp_r, block16
+
+
+@pytest.mark.parametrize("n_ref, n_smp, dims, block", [
+    (300, 260, 2048, 10000),  # pool_3's width, one block.
+    (220, 190, 2048, 96),     # Several blocks, ragged.
+    (200, 170, 333, 64),      # A width that is no multiple of 8: row starts change phase.
+])
+def test_float16_adm_is_adms_precision_recall_on_cpu(n_ref, n_smp, dims, block):
+  # pool_3-like features (non-negative, a few shared directions, float16 spacing of 0.5-1 at
+  # the norms). Given TF's float16 u.v, the model's distances are TF's bit for bit (norms and
+  # every rounding). u.v itself is a float32 sum rounded to float16, and TF's GEMM sums in an
+  # order of its own: where the float32 sum lies at a float16 rounding midpoint the two pick
+  # neighbouring float16 values (about 1e-4 of products), so a few radii may differ by one
+  # float16 step; precision and recall are ADM's exactly.
+  rng = np.random.default_rng(dims + n_ref)
+  mix = rng.normal(size=(6, dims)) * 0.4
+
+  def pool_like(n, shift):
+    z = rng.normal(size=(n, 6)) + shift
+    return np.maximum(z @ mix + 0.35 * rng.normal(size=(n, dims)) + 0.3, 0).astype(np.float32)
+
+  ref, smp = pool_like(n_ref, 0.0), pool_like(n_smp, 0.5)
+  precision, recall, ref_r, smp_r, (tf_d16, tf_product16) = _tensorflow_adm_precision_recall(
+      ref, smp, block=block)
+  assert 0.02 < precision < 0.98 and 0.02 < recall < 0.98  # Neither trivially 0 nor 1.
+  norms = lambda x: fid.tf_cpu_half_row_sums(x.astype(np.float16) ** 2)
+  model_d16 = np.maximum((norms(ref[:block])[:, None] - np.float16(2) * tf_product16)
+                         + norms(smp[:block])[None, :], np.float16(0))
+  np.testing.assert_array_equal(model_d16, tf_d16)
+  for ours, want in ((fid.manifold_radii(ref, block=block), ref_r),
+                     (fid.manifold_radii(smp, block=block), smp_r)):
+    assert np.mean(ours == want) >= 0.98, np.mean(ours == want)
+    # At most one float16 step of 2 u.v, which is below the largest norm.
+    step = 2.0 * np.spacing(np.float16(max(norms(ref).max(), norms(smp).max())))
+    assert np.abs(ours - want).max() <= step
+  assert fid.precision_recall(ref, smp, block=block) == (precision, recall)
+  assert (precision, recall) == _precision_recall_adm16(ref, smp, block=block)  # The model.
 
 
 def test_precision_recall_rejects_an_unknown_distance_mode():

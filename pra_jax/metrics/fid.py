@@ -30,40 +30,42 @@ def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   return f.mean(axis=0), np.cov(f, rowvar=False)
 
 
-def _psd_eigenvalues(w):
-  """Eigenvalues of a PSD matrix with rounding noise (|w| below d * eps * max) set to 0: the
-  square root would turn noise of 1e-16 into 1e-8 per null direction."""
-  tol = w.size * np.finfo(np.float64).eps * max(float(np.max(np.abs(w))), 1e-300)
-  return np.where(w > tol, w, 0.0)
-
-
-def _sqrt_psd(sigma):
-  """Symmetric square root of a symmetric PSD matrix."""
+def _psd_factor(sigma):
+  """F [d, d] with F F^T = sigma (symmetric PSD): eigenvectors times the square roots of the
+  eigenvalues. Eigenvalues within eigh's rounding of 0 (below d * eps * max) are set to 0: the
+  square root would turn noise of 1e-16 into 1e-8 per null direction. That is the statistics'
+  own precision; the product's eigenvalues get no such cut-off (see trace_sqrt_product)."""
   w, v = np.linalg.eigh(sigma)
-  return (v * np.sqrt(_psd_eigenvalues(w))) @ v.T
+  tol = w.size * np.finfo(np.float64).eps * max(float(np.max(np.abs(w))), 1e-300)
+  return v * np.sqrt(np.where(w > tol, w, 0.0))
+
+
+def _nuclear_norm(m) -> float:
+  return float(np.linalg.svd(m, compute_uv=False).sum())
 
 
 def trace_sqrt_product(sigma1, sigma2) -> float:
   """Tr sqrt(S1 S2) of two covariances, well-posed when either is singular.
 
-  S1 S2 is similar to the symmetric PSD R S2 R with R = sqrt(S1), so its square root's trace
-  is the sum of the square roots of R S2 R's eigenvalues: two symmetric eigendecompositions,
-  exact for rank-deficient S1 or S2, where scipy.linalg.sqrtm of the non-symmetric product
-  warns "Matrix is singular" and loses accuracy (a dead feature, or fewer samples than dims).
+  With S1 = F1 F1^T and S2 = F2 F2^T, S1 S2 has the non-zero eigenvalues of
+  (F2^T F1)^T (F2^T F1), so Tr sqrt(S1 S2) is the sum of the singular values of F2^T F1 (its
+  nuclear norm). The SVD gets each singular value to float64 rounding of the largest, where
+  the eigenvalues of the product carry that rounding under a square root: a noise cut-off on
+  them zeroed real small ones (2e-5 to 7e-5 off at d = 512 in test_fid, n < d with dead
+  features). scipy.linalg.sqrtm of the non-symmetric product warns "Matrix is singular" and
+  loses accuracy there (a dead feature, or fewer samples than dims).
   """
-  r = _sqrt_psd(sigma1)
-  m = r @ sigma2 @ r
-  eig = np.linalg.eigvalsh(0.5 * (m + m.T))
-  return float(np.sqrt(_psd_eigenvalues(eig)).sum())
+  return _nuclear_norm(_psd_factor(sigma2).T @ _psd_factor(sigma1))
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
   """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 sqrt(S1 S2)), all in float64.
 
   The value ADM's and pytorch-fid's sqrtm compute on full-rank statistics (1.5e-13 relative
-  in test_fid's comparison), without their failure mode: for singular covariances they retry
-  with 1e-6 added to both diagonals, which changes the distance; here the trace is exact (see
-  trace_sqrt_product), so no offset and no warning.
+  in test_fid's comparison), without their failure mode: on singular covariances SciPy's sqrtm
+  (1.17) warns "Matrix is singular" and returns a less accurate root (ADM adds 1e-6 to the
+  diagonals only when the root is not finite); here the trace is a nuclear norm (see
+  trace_sqrt_product), with no offset and no warning.
   """
   mu1, mu2 = np.atleast_1d(np.float64(mu1)), np.atleast_1d(np.float64(mu2))
   sigma1, sigma2 = np.atleast_2d(np.float64(sigma1)), np.atleast_2d(np.float64(sigma2))
@@ -78,10 +80,9 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
 def fid_from_features(features, mu_ref, sigma_ref) -> float:
   """FID of features [n, d] against reference statistics; exact and cheap when n <= d.
 
-  With n <= d the sample covariance is A^T A for the centred, scaled features A [n, d], and
-  the non-zero eigenvalues of S1 S2 = A^T A S2 are those of the symmetric n x n matrix
-  A S2 A^T: Tr sqrt(S1 S2) needs one small eigendecomposition instead of two d x d ones.
-  With n > d it is frechet_distance itself.
+  With n <= d the sample covariance is A^T A for the centred, scaled features A [n, d], so
+  A itself is S1's factor: Tr sqrt(S1 S2) is the nuclear norm of A F2 (n x d, F2 the
+  reference's factor), exact in A. With n > d it is frechet_distance itself.
   """
   f = np.asarray(features, np.float64)
   mu2, sigma2 = np.float64(mu_ref), np.float64(sigma_ref)
@@ -92,8 +93,7 @@ def fid_from_features(features, mu_ref, sigma_ref) -> float:
     return frechet_distance(*feature_statistics(f), mu2, sigma2)
   mu1 = f.mean(axis=0)
   a = (f - mu1) / np.sqrt(f.shape[0] - 1)
-  eig = np.linalg.eigvalsh(a @ sigma2 @ a.T)
-  tr_covmean = np.sqrt(_psd_eigenvalues(eig)).sum()
+  tr_covmean = _nuclear_norm(a @ _psd_factor(sigma2))
   diff = mu1 - mu2
   return float(diff.dot(diff) + np.sum(a * a) + np.trace(sigma2) - 2.0 * tr_covmean)
 
@@ -133,16 +133,84 @@ def inception_score(logits, split_size: int = IS_SPLIT_SIZE) -> float:
 # 10,000 x 10,000 distances, as ADM's.
 #
 # PR_DISTANCES says how each block's squared distances |a|^2 - 2 a.b + |b|^2 are computed:
-#   'float16_adm' (default): ADM's shipped evaluator. Features rounded to float16, the norms and
-#     a.b accumulated in float32 and rounded to float16, then every elementwise step rounded to
-#     float16; if any distance of the block overflows float16 (inf), the whole block is redone
-#     in float32. On 2048-d pool_3 features the rounding is coarse (spacing 0.25-0.5 at typical
-#     distances of a few hundred) and ties count as inside, so precision and recall read
-#     0.4-2 points higher than exact arithmetic. Use it to compare with published numbers.
+#   'float16_adm' (default): ADM's shipped evaluator as TensorFlow runs it on CPU. Features
+#     rounded to float16; each row's norm is TF's float16 reduce_sum of the float16 squares,
+#     which accumulates in float16 in Eigen's order (tf_cpu_half_row_sums); a.b accumulated in
+#     float32 and rounded to float16; every elementwise step rounded to float16; if any
+#     distance of the block overflows float16 (inf), the whole block is redone in float32.
+#     On 2048-d pool_3 features the rounding is coarse (spacing 0.25-0.5 at typical distances
+#     of a few hundred) and ties count as inside, so precision and recall read 0.4-2 points
+#     higher than exact arithmetic. Use it to compare with published numbers.
 #   'float32': the same distances in float32 throughout (the formula without the rounding).
 # The float16 rounding is lax.reduce_precision on float32 values: explicit HLO ops that no
 # backend fuses away, so the result does not depend on whether the device has float16 units.
+# float32 then float16 rounding equals one float16 rounding for +, -, * (24 >= 2 * 11 + 2 bits).
 PR_DISTANCES = ("float16_adm", "float32")
+
+# TF's CPU float16 reduce_sum over a row (Eigen's innermost-dimension reducer, no float32
+# accumulator for half), measured bit for bit against tensorflow-cpu 2.21 in test_fid: packets
+# of 8 halves; a run longer than 200 packets is split in two at a packet boundary (2048 dims:
+# two runs of 1024) and the halves' sums added; a run is summed into 4 packet accumulators
+# (packets 0-3, 4-7, ...), which are then added in order, leftover packets added to the first,
+# the packet's 8 lanes summed in float32 and rounded once, and leftover scalars summed apart.
+_TF_PACKET = 8
+_TF_ACCUMULATORS = 4
+_TF_LEAF_PACKETS = 200
+
+
+def _tf_half_run_sums(x, first: int):
+  """Sums of x [rows, n] (float16) as one Eigen reducer run per row starting at flat index
+  `first` (only first mod 8 matters: the split point is aligned in the flat tensor)."""
+  rows, n = x.shape
+  if n > _TF_PACKET * _TF_LEAF_PACKETS:
+    half = -(-n // 2)
+    split = _TF_PACKET * (-(-(first + half) // _TF_PACKET))
+    left = min(split - first, n)
+    acc = _tf_half_run_sums(x[:, :left], first)
+    if left < n:
+      acc = acc + _tf_half_run_sums(x[:, left:], split)
+    return acc
+  step = _TF_ACCUMULATORS * _TF_PACKET
+  unrolled, packed = (n // step) * step, (n // _TF_PACKET) * _TF_PACKET
+  packet = np.zeros((rows, _TF_PACKET), np.float16)
+  if unrolled:
+    acc = np.zeros((rows, _TF_ACCUMULATORS, _TF_PACKET), np.float16)
+    for j in range(0, unrolled, step):
+      acc = acc + x[:, j:j + step].reshape(rows, _TF_ACCUMULATORS, _TF_PACKET)
+    packet = acc[:, 0]
+    for i in range(1, _TF_ACCUMULATORS):
+      packet = packet + acc[:, i]
+  for j in range(unrolled, packed, _TF_PACKET):
+    packet = packet + x[:, j:j + _TF_PACKET]
+  scalar = np.zeros(rows, np.float16)
+  for j in range(packed, n):
+    scalar = scalar + x[:, j]
+  lanes = packet.astype(np.float32)
+  lanes = lanes[:, :4] + lanes[:, 4:]
+  lanes = (lanes[:, 0] + lanes[:, 2]) + (lanes[:, 1] + lanes[:, 3])
+  return scalar + lanes.astype(np.float16)
+
+
+def tf_cpu_half_row_sums(x_ND) -> np.ndarray:
+  """TF's CPU tf.reduce_sum(x, 1) of a float16 array [N, D] fed as one tensor (float16 out)."""
+  x = np.asarray(x_ND)
+  if x.dtype != np.float16 or x.ndim != 2:
+    raise ValueError(f"need a float16 array [N, D], got {x.dtype} {x.shape}")
+  out = np.empty(x.shape[0], np.float16)
+  with np.errstate(over="ignore", invalid="ignore"):  # inf norms send the block to float32.
+    for phase in range(_TF_PACKET):  # Rows whose flat start index has the same residue.
+      rows = np.flatnonzero((np.arange(x.shape[0]) * x.shape[1]) % _TF_PACKET == phase)
+      if len(rows):
+        out[rows] = _tf_half_run_sums(x[rows], phase)
+  return out
+
+
+def _adm_half_norms(x_ND) -> np.ndarray:
+  """ADM's float16 squared norms of float32 features [N, D], as float32 (inf where they
+  overflow): float16 features, float16 squares, TF's float16 row sum."""
+  with np.errstate(over="ignore", invalid="ignore"):
+    x16 = np.asarray(x_ND, np.float32).astype(np.float16)
+    return tf_cpu_half_row_sums(x16 * x16).astype(np.float32)
 
 
 def _round16(x):
@@ -155,20 +223,20 @@ def _sq_distances_f32(a_UD, b_VD):
   return jnp.maximum(a2 - 2.0 * jnp.dot(a_UD, b_VD.T, precision=lax.Precision.HIGHEST) + b2, 0.0)
 
 
-def _sq_distances_f16(a_UD, b_VD):
-  a, b = _round16(a_UD), _round16(b_VD)
-  a2 = _round16(jnp.sum(_round16(a * a), axis=1))[:, None]
-  b2 = _round16(jnp.sum(_round16(b * b), axis=1))[None, :]
-  ab = _round16(jnp.dot(a, b.T, precision=lax.Precision.HIGHEST))
-  d = _round16(_round16(a2 - _round16(2.0 * ab)) + b2)
+def _sq_distances_f16(a_UD, a2_U, b_VD, b2_V):
+  """a2_U, b2_V: the float16 norms of _adm_half_norms (float32 arrays holding float16 values)."""
+  ab = _round16(jnp.dot(_round16(a_UD), _round16(b_VD).T, precision=lax.Precision.HIGHEST))
+  d = _round16(_round16(a2_U[:, None] - _round16(2.0 * ab)) + b2_V[None, :])
   return jnp.maximum(d, 0.0)
 
 
-def _sq_distances(a_UD, b_VD, distances: str):
+def _sq_distances(a_UD, a2_U, b_VD, b2_V, distances: str):
   if distances == "float32":
     return _sq_distances_f32(a_UD, b_VD)
-  d16 = _sq_distances_f16(a_UD, b_VD)
-  return jnp.where(jnp.all(jnp.isfinite(d16)), d16, _sq_distances_f32(a_UD, b_VD))
+  d16 = _sq_distances_f16(a_UD, a2_U, b_VD, b2_V)
+  # A cond, not a where: the float32 block is computed only for a block that overflows.
+  return lax.cond(jnp.all(jnp.isfinite(d16)), lambda: d16,
+                  lambda: _sq_distances_f32(a_UD, b_VD))
 
 
 def check_pr_distances(distances: str) -> str:
@@ -178,31 +246,36 @@ def check_pr_distances(distances: str) -> str:
   return distances
 
 
-@functools.partial(jax.jit, static_argnums=(4, 5))
-def _knn_block(best, a_UD, b_VD, b_valid_V, k: int, distances: str):
+@functools.partial(jax.jit, static_argnums=(6, 7))
+def _knn_block(best, a_UD, a2_U, b_VD, b2_V, b_valid_V, k: int, distances: str):
   """Folds one column block into the running k + 1 smallest distances (self included): `best`
   is [U, k + 1], U and V the two row blocks (pra_jax's dimension table)."""
-  d = jnp.where(b_valid_V[None, :], _sq_distances(a_UD, b_VD, distances), jnp.inf)
-  return -lax.top_k(-jnp.concatenate([best, d], axis=1), k + 1)[0]
+  d = jnp.where(b_valid_V[None, :], _sq_distances(a_UD, a2_U, b_VD, b2_V, distances), jnp.inf)
+  block_best = -lax.top_k(-d, min(k + 1, d.shape[1]))[0]
+  return -lax.top_k(-jnp.concatenate([best, block_best], axis=1), k + 1)[0]
 
 
-@functools.partial(jax.jit, static_argnums=6)
-def _coverage_block(a_in_U, b_in_V, a_UD, radii_U, b_VD, radii_V, distances: str):
-  d = _sq_distances(a_UD, b_VD, distances)
+@functools.partial(jax.jit, static_argnums=8)
+def _coverage_block(a_in_U, b_in_V, a_UD, a2_U, radii_U, b_VD, b2_V, radii_V, distances: str):
+  d = _sq_distances(a_UD, a2_U, b_VD, b2_V, distances)
   a_in_U = a_in_U | jnp.any(d <= radii_V[None, :], axis=1)
   b_in_V = b_in_V | jnp.any(d <= radii_U[:, None], axis=0)
   return a_in_U, b_in_V
 
 
 def _blocks(x, block: int):
-  """Pads [n, d] to whole blocks; returns (blocks [m, block, d], valid [m, block])."""
+  """Pads [n, d] to whole blocks; returns (blocks [m, block, d], valid [m, block], norms
+  [m, block]: ADM's float16 squared norms, each block's rows fed as one tensor as ADM feeds
+  them)."""
   n = x.shape[0]
   block = min(block, n)
   m = -(-n // block)
   padded = np.zeros((m * block, x.shape[1]), np.float32)
   padded[:n] = x
   valid = np.arange(m * block) < n
-  return padded.reshape(m, block, -1), valid.reshape(m, block)
+  xs = padded.reshape(m, block, -1)
+  norms = np.stack([_adm_half_norms(rows) for rows in xs])
+  return xs, valid.reshape(m, block), norms
 
 
 def manifold_radii(features, k: int = 3, block: int = 10000,
@@ -211,12 +284,12 @@ def manifold_radii(features, k: int = 3, block: int = 10000,
   check_pr_distances(distances)
   if features.shape[0] <= k:
     raise ValueError(f"need more than k={k} feature vectors, got {features.shape[0]}")
-  xs, valid = _blocks(features, block)
+  xs, valid, norms = _blocks(features, block)
   radii = []
-  for rows in xs:
+  for rows, rows2 in zip(xs, norms):
     best = jnp.full((rows.shape[0], k + 1), jnp.inf, jnp.float32)
-    for cols, cols_valid in zip(xs, valid):
-      best = _knn_block(best, rows, cols, cols_valid, k, distances)
+    for cols, cols2, cols_valid in zip(xs, norms, valid):
+      best = _knn_block(best, rows, rows2, cols, cols2, cols_valid, k, distances)
     radii.append(np.asarray(best[:, k]))  # Index 0 is the point itself.
   return np.concatenate(radii)[: features.shape[0]]
 
@@ -229,8 +302,8 @@ def precision_recall(ref_features, sample_features, k: int = 3, block: int = 100
   smp = np.asarray(sample_features, np.float32)
   if ref.ndim != 2 or smp.ndim != 2 or ref.shape[1] != smp.shape[1]:
     raise ValueError(f"features must be [n, d] with equal d, got {ref.shape}, {smp.shape}")
-  ref_blocks, ref_valid = _blocks(ref, block)
-  smp_blocks, smp_valid = _blocks(smp, block)
+  ref_blocks, ref_valid, ref_norms = _blocks(ref, block)
+  smp_blocks, smp_valid, smp_norms = _blocks(smp, block)
   # Padding gets radius -1: its balls hold nothing, and its own status is dropped below.
   radii = lambda x, valid: np.where(
       valid.ravel(), np.pad(manifold_radii(x, k, block, distances),
@@ -239,9 +312,10 @@ def precision_recall(ref_features, sample_features, k: int = 3, block: int = 100
   smp_radii = radii(smp, smp_valid).astype(np.float32)
   ref_in = [jnp.zeros(ref_blocks.shape[1], bool) for _ in ref_blocks]
   smp_in = [jnp.zeros(smp_blocks.shape[1], bool) for _ in smp_blocks]
-  for i, (a, ra) in enumerate(zip(ref_blocks, ref_radii)):
-    for j, (b, rb) in enumerate(zip(smp_blocks, smp_radii)):
-      ref_in[i], smp_in[j] = _coverage_block(ref_in[i], smp_in[j], a, ra, b, rb, distances)
+  for i, (a, a2, ra) in enumerate(zip(ref_blocks, ref_norms, ref_radii)):
+    for j, (b, b2, rb) in enumerate(zip(smp_blocks, smp_norms, smp_radii)):
+      ref_in[i], smp_in[j] = _coverage_block(ref_in[i], smp_in[j], a, a2, ra, b, b2, rb,
+                                             distances)
   recall = np.concatenate([np.asarray(x) for x in ref_in])[ref_valid.ravel()].mean()
   precision = np.concatenate([np.asarray(x) for x in smp_in])[smp_valid.ravel()].mean()
   return float(precision), float(recall)
