@@ -1,10 +1,18 @@
 """The same train step on 1 device and on 8 fake CPU devices (data x fsdp) gives the same loss
-and the same parameters; checkpoints move between mesh shapes."""
+and the same parameters; checkpoints move between mesh shapes; every parameter names its axes
+from the one table."""
 
 import json
 import os
 import subprocess
 import sys
+
+import pytest
+from flax import nnx
+
+import factories as F
+from pra_jax import sharding
+from pra_jax.models import pra
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,3 +33,19 @@ def test_one_device_equals_eight_and_checkpoints_move_between_meshes(tmp_path):
   assert r["fsdp_specs"] > 0, "no parameter was sharded over fsdp on the 8-device mesh"
   assert r["restored"]["four"]["max_diff"] == 0.0 and r["restored"]["four"]["devices"] == [4], r
   assert r["restored"]["one"]["max_diff"] == 0.0 and r["restored"]["one"]["devices"] == [1], r
+
+
+@pytest.mark.parametrize("scan_layers", [True, False])
+def test_every_parameter_names_its_axes_from_the_one_table(scan_layers):
+  config = F.tiny_config(**{"model.backbone.scan_layers": scan_layers,
+                            "model.backbone.pos_emb": "learned",
+                            "model.state.decoder_context": True})
+  model = pra.abstract_model(config)
+  bad = []
+  for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+    names = var.get_metadata().get("out_sharding")
+    if names is None or len(names) != var.get_value().ndim:
+      bad.append(f"{path}: {names} for shape {var.get_value().shape}")
+    elif set(names) - set(sharding.LOGICAL_NAMES) - {None}:
+      bad.append(f"{path}: {set(names) - set(sharding.LOGICAL_NAMES) - {None}} not in the table")
+  assert not bad, bad

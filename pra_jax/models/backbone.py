@@ -38,10 +38,10 @@ class Attention(nnx.Module):
                        f"({self.num_heads})")
     self.head_dim = d // self.num_heads
     kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
-    self.q = layers.dense(d, d, ("embed", "heads"), use_bias=False, **kw)
-    self.k = layers.dense(d, d, ("embed", "heads"), use_bias=False, **kw)
-    self.v = layers.dense(d, d, ("embed", "heads"), use_bias=False, **kw)
-    self.o = layers.dense(d, d, ("heads", "embed"), **kw)
+    self.q = layers.dense(d, d, ("backbone_width", "heads"), use_bias=False, **kw)
+    self.k = layers.dense(d, d, ("backbone_width", "heads"), use_bias=False, **kw)
+    self.v = layers.dense(d, d, ("backbone_width", "heads"), use_bias=False, **kw)
+    self.o = layers.dense(d, d, ("heads", "backbone_width"), **kw)
     # qk-norm keeps attention logits bounded, which matters at large width and in bf16.
     self.q_norm = layers.norm(cfg.norm, self.head_dim, axis_name=None, **kw) if cfg.qk_norm else None
     self.k_norm = layers.norm(cfg.norm, self.head_dim, axis_name=None, **kw) if cfg.qk_norm else None
@@ -108,13 +108,13 @@ class Backbone(nnx.Module):
     kw = dict(rngs=rngs, dtype=self.dtype, param_dtype=param_dtype)
     init = nnx.initializers.normal(0.02)
     self.class_embed = nnx.Embed(
-        num_classes + 1, d, embedding_init=nnx.with_partitioning(init, ("vocab", "embed")),
+        num_classes + 1, d, embedding_init=layers.partitioned(init, ("classes", "backbone_width")),
         dtype=self.dtype, param_dtype=param_dtype, rngs=rngs)
-    self.class_pos = nnx.Param(init(rngs.params(), (self.num_class_tokens, d), param_dtype),
-                               out_sharding=(None, "embed"))
-    self.input_proj = layers.dense(patch_dim, d, ("patch", "embed"), **kw)
-    self.pos = (nnx.Param(init(rngs.params(), (self.cache_len, d), param_dtype),
-                          out_sharding=(None, "embed"))
+    self.class_pos = layers.param(init, (self.num_class_tokens, d), (None, "backbone_width"),
+                                  rngs=rngs, param_dtype=param_dtype)
+    self.input_proj = layers.dense(patch_dim, d, ("patch_pixels", "backbone_width"), **kw)
+    self.pos = (layers.param(init, (self.cache_len, d), (None, "backbone_width"), rngs=rngs,
+                             param_dtype=param_dtype)
                 if cfg.pos_emb == "learned" else None)
     if cfg.scan_layers:
       @nnx.split_rngs(splits=cfg.depth)
