@@ -29,6 +29,8 @@ LOGICAL_RULES = (
     ("head_width", "fsdp"),            # F, model.head.width: the flow head's residual stream.
     ("head_hidden", "tensor"),         # The flow head's tensor-split side: each MLP pair's
                                        # hidden units, the condition c and its modulations.
+    ("chunks", None),                  # The outputs of one fused projection (AdaLN's shift,
+                                       # scale and gate): whole, so each is split like the rest.
     ("state_width", None),             # model.state.width: E and G's residual stream.
     ("state_hidden", None),            # E and G's hidden side of each MLP pair.
     ("state_dim", None),               # Z, model.state.dim.

@@ -49,3 +49,19 @@ def test_every_parameter_names_its_axes_from_the_one_table(scan_layers):
     elif set(names) - set(sharding.LOGICAL_NAMES) - {None}:
       bad.append(f"{path}: {set(names) - set(sharding.LOGICAL_NAMES) - {None}} not in the table")
   assert not bad, bad
+
+
+def test_the_head_modulation_needs_no_resharding_under_tensor_parallelism():
+  """AdaLN's shift / scale / gate come from one [chunks, F, F] kernel with the chunk axis whole,
+  so with tensor = 2 each is split like the stream it modulates; one Linear to 3F and a split
+  laid them end to end across the shards and cost collective-permutes in every block."""
+  env = dict(os.environ, PYTHONPATH=REPO)
+  proc = subprocess.run([sys.executable, os.path.join(REPO, "tests", "programs",
+                                                      "head_collectives.py")],
+                        cwd=REPO, env=env, capture_output=True, text=True)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT")][-1]
+  counts = json.loads(line[len("RESULT"):])["collectives"]
+  print(counts)
+  assert counts.get("all-reduce", 0) > 0, f"the head was not split over tensor at all: {counts}"
+  assert counts.get("collective-permute", 0) == 0 and counts.get("all-to-all", 0) == 0, counts

@@ -52,6 +52,25 @@ def dense(in_features: int, out_features: int, axes: Sequence[str | None], *, rn
       rngs=rngs)
 
 
+def dense_chunks(in_features: int, num_chunks: int, out_features: int,
+                 axes: Sequence[str | None], *, rngs: nnx.Rngs, dtype=jnp.float32,
+                 param_dtype=jnp.float32, zero_init: bool = False) -> nnx.Einsum:
+  """`num_chunks` Linear maps of one input in one kernel [chunks, in, out]:
+  [M, in] -> [chunks, M, out].
+
+  Each chunk's input and output axes carry `axes` as a Linear's would; the chunk axis is never
+  split. One Linear to chunks x out, then split, would lay the chunks end to end across the
+  shards of its output axis, so taking one chunk would move data between devices.
+  """
+  kernel_init = (nnx.initializers.zeros_init() if zero_init else
+                 nnx.initializers.xavier_uniform(in_axis=-2, out_axis=-1, batch_axis=(0,)))
+  return nnx.Einsum(
+      "mi,cio->cmo", (num_chunks, in_features, out_features), (num_chunks, out_features),
+      dtype=dtype, param_dtype=param_dtype,
+      kernel_init=partitioned(kernel_init, ("chunks",) + tuple(axes)),
+      bias_init=partitioned(nnx.initializers.zeros_init(), ("chunks", axes[-1])), rngs=rngs)
+
+
 def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
   """Pins an activation's sharding by logical axis names, mapped by the rules in context.
 
