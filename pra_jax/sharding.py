@@ -99,6 +99,31 @@ def logical_spec(shape: Sequence[int], axes: Sequence[str | None]) -> P | None:
              for size, names in zip(shape, spec)))
 
 
+def check_params_divide(params, mesh) -> None:
+  """Refuses a parameter dimension that the mesh axes its logical name maps to do not divide.
+
+  `params`: an nnx.State of Params (abstract ones will do); `mesh`: a Mesh or AbstractMesh.
+  XLA would otherwise keep such a parameter whole on every device (a 12-wide dimension under
+  fsdp = 8 is replicated), and the memory it was meant to save runs out somewhere else. Raises
+  ValueError naming the parameter, the dimension, its width and the mesh axis.
+  """
+  from flax import nnx  # Deferred, as in use_mesh.
+
+  for path, var in nnx.to_flat_state(params):
+    names = var.get_metadata().get("out_sharding") or ()
+    shape = var.get_value().shape
+    for dim, (size, name, mesh_axes) in enumerate(
+        zip(shape, names, flax_spmd.from_sharding_rules(names, LOGICAL_RULES))):
+      devices = _mesh_size(mesh, mesh_axes)
+      if size % devices:
+        where = "/".join(map(str, path))
+        raise ValueError(
+            f"parameter {where} {tuple(shape)}: dimension {dim} ({name!r}, {size} wide) does "
+            f"not split over mesh axis {mesh_axes!r} of size {devices} (sharding.mesh "
+            f"{dict(mesh.shape)}): choose a mesh size that divides {size}, or a width that "
+            f"{devices} divides")
+
+
 def _mesh_size(mesh, names) -> int:
   """Devices along one PartitionSpec entry (None, an axis name, or a tuple of them)."""
   names = (names,) if isinstance(names, str) else tuple(names or ())

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import pytest
 from flax import nnx
 
@@ -65,3 +66,29 @@ def test_the_head_modulation_needs_no_resharding_under_tensor_parallelism():
   print(counts)
   assert counts.get("all-reduce", 0) > 0, f"the head was not split over tensor at all: {counts}"
   assert counts.get("collective-permute", 0) == 0 and counts.get("all-to-all", 0) == 0, counts
+
+
+def test_a_width_the_mesh_cannot_split_is_refused_by_name():
+  config = F.tiny_config(**{"model.head.width": 12})
+  params = nnx.state(pra.abstract_model(config), nnx.Param)
+  fsdp_8 = jax.sharding.AbstractMesh((1, 8, 1), sharding.MESH_AXES)
+  with pytest.raises(ValueError, match=r"parameter head/\S+ .*12 wide.*'fsdp' of size 8"):
+    sharding.check_params_divide(params, fsdp_8)
+  sharding.check_params_divide(params, jax.sharding.AbstractMesh((2, 4, 1), sharding.MESH_AXES))
+
+
+def test_training_refuses_a_width_the_mesh_cannot_split_before_compiling(tmp_path):
+  """fsdp = 8 over the head's 12-wide dimensions: one `error:` line and exit status 2, where the
+  run used to train with those parameters silently replicated on every device."""
+  flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", XLA_FLAGS=flags)
+  proc = subprocess.run(
+      [sys.executable, "-m", "pra_jax.main", "--config=configs/tiny.py",
+       f"--workdir={tmp_path / 'run'}", "--config.model.head.width=12",
+       "--config.sharding.mesh.fsdp=8"],
+      cwd=REPO, env=env, capture_output=True, text=True)
+  lines = proc.stderr.strip().splitlines()
+  assert proc.returncode == 2, proc.stderr[-4000:]
+  assert lines[-1].startswith("error: parameter head/"), lines[-1]
+  assert "12 wide" in lines[-1] and "'fsdp' of size 8" in lines[-1], lines[-1]
+  assert "Traceback" not in proc.stderr, proc.stderr[-4000:]
