@@ -1,34 +1,44 @@
-"""The device mesh and the one table that maps logical axis names to mesh axes.
+"""The device mesh, the one table of logical axis names, and the mapping from names to mesh axes.
 
-Parameters carry logical names (see models/layers.py); changing how a size shards means editing
-LOGICAL_RULES or the config's mesh, never the model code.
+Every parameter and pinned activation names its dimensions with the logical names of
+LOGICAL_RULES (models/layers.py attaches them with `nnx.with_partitioning`); Flax's logical-axis
+rules turn them into mesh axes under `use_mesh`. Changing how a size shards means editing this
+table or the config's mesh, never the model code.
 """
 
 import contextlib
 import math
+from typing import Sequence
 
 import jax
 import numpy as np
+from flax.core import spmd as flax_spmd
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
-# logical name -> mesh axis (None = replicated). Batch splits over data and fsdp; fsdp also
-# shards the model width of every weight; tensor splits heads and MLP hidden units.
+# Logical name (what the dimension is) -> mesh axis (None = replicated). Batch rows split over
+# data and fsdp; fsdp also shards the model width of the backbone and the flow head (ZeRO-3 style:
+# gathered per layer); tensor splits attention heads and the hidden side of each MLP pair, so a
+# pair (width -> hidden -> width) needs one reduction. E and G are small: replicated.
 LOGICAL_RULES = (
-    ("act_batch", ("data", "fsdp")),
-    ("embed", "fsdp"),
-    ("mlp", "tensor"),
-    ("heads", "tensor"),
-    ("head_mlp", "fsdp"),
-    ("head_mlp_out", "tensor"),
-    ("state_mlp", None),
-    ("state_mlp_out", None),
-    ("layers", None),
-    ("vocab", None),
-    ("patch", None),
-    ("state", None),
+    ("act_batch", ("data", "fsdp")),   # Activation rows: images, or images x patches.
+    ("backbone_width", "fsdp"),        # D, model.backbone.width (and h, the head's condition).
+    ("backbone_hidden", "tensor"),     # The backbone MLP's hidden units (D x mlp_ratio).
+    ("heads", "tensor"),               # Attention heads x head dim (the q/k/v/o side).
+    ("head_width", "fsdp"),            # F, model.head.width: the flow head's residual stream.
+    ("head_hidden", "tensor"),         # The flow head's tensor-split side: each MLP pair's
+                                       # hidden units, the condition c and its modulations.
+    ("chunks", None),                  # The outputs of one fused projection (AdaLN's shift,
+                                       # scale and gate): whole, so each is split like the rest.
+    ("state_width", None),             # model.state.width: E and G's residual stream.
+    ("state_hidden", None),            # E and G's hidden side of each MLP pair.
+    ("state_dim", None),               # Z, model.state.dim.
+    ("patch_pixels", None),            # P, pixels per patch.
+    ("classes", None),                 # Class-embedding rows (num_classes + the null class).
+    ("layers", None),                  # The stacked axis of scanned blocks.
 )
+LOGICAL_NAMES = tuple(name for name, _ in LOGICAL_RULES)
 
 
 def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, ...]:
@@ -71,6 +81,53 @@ def use_mesh(mesh):
 
   with jax.set_mesh(mesh), nnx.logical_axis_rules(LOGICAL_RULES):
     yield mesh
+
+
+def logical_spec(shape: Sequence[int], axes: Sequence[str | None]) -> P | None:
+  """The mesh PartitionSpec of an activation's logical axis names, under the rules in context.
+
+  None outside `use_mesh` (one device, the data-parallel sampler). The names are mapped by
+  Flax's rules; an activation axis the mesh does not divide (a sampling batch smaller than the
+  data x fsdp devices) stays whole rather than failing. Parameters never reach that case:
+  `check_params_divide` refuses them before anything compiles.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or not flax_spmd.get_logical_axis_rules():
+    return None
+  spec = flax_spmd.get_pspec(tuple(axes))
+  return P(*(names if size % _mesh_size(mesh, names) == 0 else None
+             for size, names in zip(shape, spec)))
+
+
+def check_params_divide(params, mesh) -> None:
+  """Refuses a parameter dimension that the mesh axes its logical name maps to do not divide.
+
+  `params`: an nnx.State of Params (abstract ones will do); `mesh`: a Mesh or AbstractMesh.
+  XLA would otherwise keep such a parameter whole on every device (a 12-wide dimension under
+  fsdp = 8 is replicated), and the memory it was meant to save runs out somewhere else. Raises
+  ValueError naming the parameter, the dimension, its width and the mesh axis.
+  """
+  from flax import nnx  # Deferred, as in use_mesh.
+
+  for path, var in nnx.to_flat_state(params):
+    names = var.get_metadata().get("out_sharding") or ()
+    shape = var.get_value().shape
+    for dim, (size, name, mesh_axes) in enumerate(
+        zip(shape, names, flax_spmd.from_sharding_rules(names, LOGICAL_RULES))):
+      devices = _mesh_size(mesh, mesh_axes)
+      if size % devices:
+        where = "/".join(map(str, path))
+        raise ValueError(
+            f"parameter {where} {tuple(shape)}: dimension {dim} ({name!r}, {size} wide) does "
+            f"not split over mesh axis {mesh_axes!r} of size {devices} (sharding.mesh "
+            f"{dict(mesh.shape)}): choose a mesh size that divides {size}, or a width that "
+            f"{devices} divides")
+
+
+def _mesh_size(mesh, names) -> int:
+  """Devices along one PartitionSpec entry (None, an axis name, or a tuple of them)."""
+  names = (names,) if isinstance(names, str) else tuple(names or ())
+  return math.prod(mesh.shape[a] for a in names)
 
 
 def batch_sharding(mesh) -> NamedSharding:

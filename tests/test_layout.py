@@ -146,3 +146,17 @@ def test_the_trainer_is_the_loop():
   imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
   assert not imported & {"signal", "threading"}, imported
   assert len(open(os.path.join(REPO, MODULES["pra_jax.train"])).read().splitlines()) < 300
+
+
+def test_parameters_are_annotated_one_way():
+  """Logical axis names reach a parameter through layers.partitioned (nnx.with_partitioning) and
+  nothing else: no `out_sharding=` metadata, no second with_partitioning call in the models."""
+  bad = []
+  for rel in sorted(r for m, r in MODULES.items() if m.startswith("pra_jax.models.")):
+    with open(os.path.join(REPO, rel)) as f:
+      text = f.read()
+    if "out_sharding=" in text:
+      bad.append(f"{rel}: out_sharding=")
+    if rel != os.path.join("pra_jax", "models", "layers.py") and "with_partitioning" in text:
+      bad.append(f"{rel}: with_partitioning (use layers.partitioned / layers.param)")
+  assert not bad, bad

@@ -4,11 +4,13 @@ Random (non-degenerate) tiny models on CPU; every compiled sampler is shared thr
 """
 
 import dataclasses
+import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 import factories as F
 from pra_jax import config_check
@@ -131,3 +133,49 @@ def test_bad_requests_are_rejected(model):
     config_check.validate(F.tiny_config(**{"sample.solver": "rk4"}))
   with pytest.raises(ValueError, match="num_steps must be >= 1"):
     dataclasses.replace(settings, num_steps=0)
+
+
+def _loop_computations(hlo: str) -> dict[str, list[str]]:
+  """{name: instruction lines} of every computation a while loop's body runs, nested ones and
+  fusions included, from a compiled module's text."""
+  comps, name = {}, None
+  for line in hlo.splitlines():
+    head = re.match(r"^(?:ENTRY )?%(\S+) .*\{$", line)
+    if head:
+      name = head.group(1)
+      comps[name] = []
+    elif name is not None and line.strip() and line.strip() != "}":
+      comps[name].append(line.strip())
+  called = lambda lines: {c for l in lines
+                          for c in re.findall(r"(?:calls|to_apply|body|condition)=%([\w.\-]+)", l)}
+  todo = [c for lines in comps.values() for l in lines for c in re.findall(r"body=%([\w.\-]+)", l)]
+  seen = set()
+  while todo:
+    c = todo.pop()
+    if c not in seen and c in comps:
+      seen.add(c)
+      todo.extend(called(comps[c]))
+  return {c: comps[c] for c in seen}
+
+
+def test_kv_cache_is_updated_in_place():
+  """The compiled position loop neither copies nor re-creates a cache-sized buffer: each step
+  writes its keys and values into the one cache it carries."""
+  config = F.tiny_config(**{"sample.cfg": 2.0})
+  graphdef, state = nnx.split(F.random_model(config))
+  settings = ar_loop.SampleSettings.from_config(config.sample)
+  labels_B = jnp.arange(3, dtype=jnp.int32)
+
+  def generate(state, labels_B):
+    return ar_loop.sample_patches(nnx.merge(graphdef, state), labels_B, jax.random.key(0),
+                                  settings)[0]
+
+  hlo = jax.jit(generate).lower(state, labels_B).compile().as_text()
+  backbone = nnx.merge(graphdef, state).backbone
+  cache = backbone.init_cache(2 * labels_B.shape[0])[0]   # Guided: [cond; uncond] rows.
+  sized = re.compile(r"= \w+\[" + ",".join(map(str, cache.shape)) + r"\]\S* (copy|broadcast)\(")
+  loops = _loop_computations(hlo)
+  assert loops, "no while loop in the compiled sampler"
+  found = [f"{name}: {line[:120]}" for name, lines in loops.items() for line in lines
+           if sized.search(line)]
+  assert not found, "cache-sized copies or broadcasts inside the loop:\n" + "\n".join(found)

@@ -38,17 +38,17 @@ class Attention(nnx.Module):
                        f"({self.num_heads})")
     self.head_dim = d // self.num_heads
     kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
-    self.q = layers.dense(d, d, ("embed", "heads"), use_bias=False, **kw)
-    self.k = layers.dense(d, d, ("embed", "heads"), use_bias=False, **kw)
-    self.v = layers.dense(d, d, ("embed", "heads"), use_bias=False, **kw)
-    self.o = layers.dense(d, d, ("heads", "embed"), **kw)
+    self.q = layers.dense(d, d, ("backbone_width", "heads"), use_bias=False, **kw)
+    self.k = layers.dense(d, d, ("backbone_width", "heads"), use_bias=False, **kw)
+    self.v = layers.dense(d, d, ("backbone_width", "heads"), use_bias=False, **kw)
+    self.o = layers.dense(d, d, ("heads", "backbone_width"), **kw)
     # qk-norm keeps attention logits bounded, which matters at large width and in bf16.
     self.q_norm = layers.norm(cfg.norm, self.head_dim, axis_name=None, **kw) if cfg.qk_norm else None
     self.k_norm = layers.norm(cfg.norm, self.head_dim, axis_name=None, **kw) if cfg.qk_norm else None
     self.use_rope, self.rope_theta = cfg.pos_emb == "rope2d", cfg.rope_theta
     self.implementation = cfg.attention
 
-  def __call__(self, x_BLD, rows_L, cols_L, cache=None, start=None):
+  def __call__(self, x_BLD, rows_L, cols_L, cache=None, start=None, layer=None):
     b, l, d = x_BLD.shape
     split = lambda t: t.reshape(b, l, self.num_heads, self.head_dim)
     q, k, v = split(self.q(x_BLD)), split(self.k(x_BLD)), split(self.v(x_BLD))
@@ -63,14 +63,17 @@ class Attention(nnx.Module):
       # Decoding (the class tokens, then one patch a step) stays on XLA's attention whatever
       # backbone.attention says: a query of one token has no [L, L] logits to keep out of
       # memory, and the fused kernels want whole blocks of queries.
-      k_BSAK, v_BSAK = cache
-      k_BSAK = jax.lax.dynamic_update_slice(k_BSAK, k.astype(k_BSAK.dtype), (0, start, 0, 0))
-      v_BSAK = jax.lax.dynamic_update_slice(v_BSAK, v.astype(v_BSAK.dtype), (0, start, 0, 0))
+      # `cache` is every layer's ([depth, B, S, A, K] each): the new keys and values are written
+      # into it where they belong and it is handed on whole, so XLA updates the one buffer in
+      # place instead of assembling a new stack of layers at every step.
+      at = (layer, 0, start, 0, 0)
+      cache = tuple(jax.lax.dynamic_update_slice(c, new[None].astype(c.dtype), at)
+                    for c, new in zip(cache, (k, v)))
+      k_BSAK, v_BSAK = (jax.lax.dynamic_index_in_dim(c, layer, keepdims=False) for c in cache)
       query_pos = start + jnp.arange(l)
       mask_LS = jnp.arange(k_BSAK.shape[1])[None, :] <= query_pos[:, None]
       out = jax.nn.dot_product_attention(q, k_BSAK.astype(q.dtype), v_BSAK.astype(q.dtype),
                                          mask=mask_LS[None, None])
-      cache = (k_BSAK, v_BSAK)
     return self.o(out.reshape(b, l, d)), cache
 
 
@@ -84,8 +87,8 @@ class Block(nnx.Module):
     self.norm2 = layers.norm(cfg.norm, cfg.width, **kw)
     self.mlp = layers.Mlp(cfg.width, int(cfg.width * cfg.mlp_ratio), cfg.mlp_type, **kw)
 
-  def __call__(self, x_BLD, rows_L, cols_L, cache=None, start=None):
-    a, cache = self.attn(self.norm1(x_BLD), rows_L, cols_L, cache, start)
+  def __call__(self, x_BLD, rows_L, cols_L, cache=None, start=None, layer=None):
+    a, cache = self.attn(self.norm1(x_BLD), rows_L, cols_L, cache, start, layer)
     x_BLD = x_BLD + a
     return x_BLD + self.mlp(self.norm2(x_BLD)), cache
 
@@ -108,13 +111,13 @@ class Backbone(nnx.Module):
     kw = dict(rngs=rngs, dtype=self.dtype, param_dtype=param_dtype)
     init = nnx.initializers.normal(0.02)
     self.class_embed = nnx.Embed(
-        num_classes + 1, d, embedding_init=nnx.with_partitioning(init, ("vocab", "embed")),
+        num_classes + 1, d, embedding_init=layers.partitioned(init, ("classes", "backbone_width")),
         dtype=self.dtype, param_dtype=param_dtype, rngs=rngs)
-    self.class_pos = nnx.Param(init(rngs.params(), (self.num_class_tokens, d), param_dtype),
-                               out_sharding=(None, "embed"))
-    self.input_proj = layers.dense(patch_dim, d, ("patch", "embed"), **kw)
-    self.pos = (nnx.Param(init(rngs.params(), (self.cache_len, d), param_dtype),
-                          out_sharding=(None, "embed"))
+    self.class_pos = layers.param(init, (self.num_class_tokens, d), (None, "backbone_width"),
+                                  rngs=rngs, param_dtype=param_dtype)
+    self.input_proj = layers.dense(patch_dim, d, ("patch_pixels", "backbone_width"), **kw)
+    self.pos = (layers.param(init, (self.cache_len, d), (None, "backbone_width"), rngs=rngs,
+                             param_dtype=param_dtype)
                 if cfg.pos_emb == "learned" else None)
     if cfg.scan_layers:
       @nnx.split_rngs(splits=cfg.depth)
@@ -163,29 +166,27 @@ class Backbone(nnx.Module):
         blocks = list(self.blocks)[:num_layers]
     policy = remat_policy(self.cfg.remat_policy)
 
-    def body(x, block, layer_cache):
-      x, layer_cache = block(x, rows, cols, layer_cache, start)
-      return layers.constrain(x, ("act_batch", None, None)), layer_cache
+    def body(x, block, cache, layer):
+      x, cache = block(x, rows, cols, cache, start, layer)
+      return layers.constrain(x, ("act_batch", None, None)), cache
 
     if self.cfg.remat_policy != "none":
       body = nnx.remat(body, policy=policy, prevent_cse=not self.cfg.scan_layers)
     x = layers.constrain(tokens_BLD, ("act_batch", None, None))
     if self.cfg.scan_layers:
       if cache is None:
-        scan = nnx.scan(lambda x, blk: (body(x, blk, None)[0], None),
+        scan = nnx.scan(lambda x, blk: (body(x, blk, None, None)[0], None),
                         in_axes=(nnx.Carry, 0), out_axes=(nnx.Carry, 0))
         x, _ = scan(x, blocks)
       else:
-        x, cache = nnx.scan(body, in_axes=(nnx.Carry, 0, 0), out_axes=(nnx.Carry, 0))(
-            x, self.blocks, cache)
+        # The whole cache rides in the carry (each layer writes its own slot), not in the
+        # scanned inputs and outputs, which would stack a second copy of it.
+        scan = nnx.scan(lambda carry, blk, layer: (body(carry[0], blk, carry[1], layer), None),
+                        in_axes=(nnx.Carry, 0, 0), out_axes=(nnx.Carry, 0))
+        (x, cache), _ = scan((x, cache), self.blocks, jnp.arange(self.cfg.depth))
     else:
-      new_cache = []
       for i, block in enumerate(blocks):
-        layer_cache = None if cache is None else jax.tree.map(lambda c: c[i], cache)
-        x, layer_cache = body(x, block, layer_cache)
-        new_cache.append(layer_cache)
-      if cache is not None:
-        cache = jax.tree.map(lambda *cs: jnp.stack(cs), *new_cache)
+        x, cache = body(x, block, cache, i)
     return (self.final_norm(x) if num_layers is None else x), cache
 
   # -- public entry points --------------------------------------------------------------

@@ -27,13 +27,15 @@ class AdaLNBlock(nnx.Module):
 
   def __init__(self, w: int, *, rngs, dtype, param_dtype):
     kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
-    self.norm = layers.norm("layernorm", w, axis_name="head_mlp", affine=False, **kw)
-    self.modulation = layers.dense(w, 3 * w, ("head_mlp", "head_mlp_out"), zero_init=True, **kw)
-    self.fc1 = layers.dense(w, w, ("head_mlp", "head_mlp_out"), **kw)
-    self.fc2 = layers.dense(w, w, ("head_mlp_out", "head_mlp"), **kw)
+    self.norm = layers.norm("layernorm", w, axis_name="head_width", affine=False, **kw)
+    # shift, scale and gate from one kernel [3, F, F] (layers.dense_chunks).
+    self.modulation = layers.dense_chunks(w, 3, w, ("head_width", "head_hidden"), zero_init=True,
+                                          **kw)
+    self.fc1 = layers.dense(w, w, ("head_width", "head_hidden"), **kw)
+    self.fc2 = layers.dense(w, w, ("head_hidden", "head_width"), **kw)
 
   def __call__(self, x_MF, c_MF):
-    shift, scale, gate = jnp.split(self.modulation(nnx.silu(c_MF)), 3, axis=-1)
+    shift, scale, gate = self.modulation(nnx.silu(c_MF))
     y = self.norm(x_MF) * (1 + scale) + shift
     return x_MF + gate * self.fc2(nnx.silu(self.fc1(y)))
 
@@ -49,15 +51,15 @@ class FlowHead(nnx.Module):
     kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
     w = cfg.width
     self.time_dim = 256
-    self.time_fc1 = layers.dense(self.time_dim, w, (None, "head_mlp"), **kw)
-    self.time_fc2 = layers.dense(w, w, ("head_mlp_out", "head_mlp"), **kw)
-    self.cond_proj = layers.dense(cond_dim, w, ("embed", "head_mlp_out"), **kw)
-    self.input_proj = layers.dense(out_dim, w, ("state", "head_mlp"), **kw)
+    self.time_fc1 = layers.dense(self.time_dim, w, (None, "head_width"), **kw)
+    self.time_fc2 = layers.dense(w, w, ("head_hidden", "head_width"), **kw)
+    self.cond_proj = layers.dense(cond_dim, w, ("backbone_width", "head_hidden"), **kw)
+    self.input_proj = layers.dense(out_dim, w, ("state_dim", "head_width"), **kw)
     self.blocks = nnx.List([AdaLNBlock(w, **kw) for _ in range(cfg.depth)])
-    self.final_norm = layers.norm("layernorm", w, axis_name="head_mlp", affine=False, **kw)
-    self.final_modulation = layers.dense(w, 2 * w, ("head_mlp", "head_mlp_out"), zero_init=True,
-                                         **kw)
-    self.out = layers.dense(w, out_dim, ("head_mlp", "state"), zero_init=True, **kw)
+    self.final_norm = layers.norm("layernorm", w, axis_name="head_width", affine=False, **kw)
+    self.final_modulation = layers.dense_chunks(w, 2, w, ("head_width", "head_hidden"),
+                                                zero_init=True, **kw)
+    self.out = layers.dense(w, out_dim, ("head_width", "state_dim"), zero_init=True, **kw)
 
   def __call__(self, z_t_MZ, t_M, h_MD):
     rows = ("act_batch", None)  # Every activation split by rows, whatever the weights' split.
@@ -67,7 +69,7 @@ class FlowHead(nnx.Module):
     x = layers.constrain(self.input_proj(z_t_MZ), rows)
     for block in self.blocks:
       x = layers.constrain(block(x, c), rows)
-    shift, scale = jnp.split(self.final_modulation(nnx.silu(c)), 2, axis=-1)
+    shift, scale = self.final_modulation(nnx.silu(c))
     x = self.final_norm(x) * (1 + scale) + shift
     return self.out(x).astype(jnp.float32)
 

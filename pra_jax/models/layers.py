@@ -4,14 +4,17 @@ Dimension legend (pra_jax's table): B batch, L tokens, M flattened positions, D 
 K head dim.
 """
 
-import math
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from flax.core import spmd as flax_spmd
-from jax.sharding import PartitionSpec
+
+from pra_jax import sharding
+
+# The mapping from logical names to mesh axes lives beside the table, in pra_jax.sharding; the
+# model code (attention.py included) reaches it through this module.
+logical_spec = sharding.logical_spec
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 DTYPE_NAMES = tuple(DTYPES)  # The allowed values of every *.dtype / *.param_dtype field.
@@ -25,58 +28,70 @@ def dtype_of(name: str):
   return DTYPES[name]
 
 
+def partitioned(init, axes: Sequence[str | None]):
+  """`init` whose parameters carry logical axis names: the one way pra_jax annotates a parameter
+  (Flax maps the names to mesh axes when the parameter is born under sharding.use_mesh)."""
+  return nnx.with_partitioning(init, tuple(axes))
+
+
+def param(init, shape: Sequence[int], axes: Sequence[str | None], *, rngs: nnx.Rngs,
+          param_dtype=jnp.float32) -> nnx.Param:
+  """A free-standing parameter (not inside a Flax layer), annotated like every other."""
+  return nnx.Param(partitioned(init, axes)(rngs.params(), tuple(shape), param_dtype))
+
+
 def dense(in_features: int, out_features: int, axes: Sequence[str | None], *, rngs: nnx.Rngs,
           dtype=jnp.float32, param_dtype=jnp.float32, use_bias: bool = True,
           zero_init: bool = False) -> nnx.Linear:
-  """A Linear layer whose kernel and bias carry logical sharding names."""
+  """A Linear layer whose kernel and bias carry logical names (pra_jax.sharding's table)."""
   kernel_init = nnx.initializers.zeros_init() if zero_init else nnx.initializers.xavier_uniform()
   return nnx.Linear(
       in_features, out_features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
-      kernel_init=nnx.with_partitioning(kernel_init, tuple(axes)),
-      bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), (axes[-1],)),
+      kernel_init=partitioned(kernel_init, axes),
+      bias_init=partitioned(nnx.initializers.zeros_init(), (axes[-1],)),
       rngs=rngs)
 
 
-def logical_spec(shape: Sequence[int], axes: Sequence[str | None]) -> PartitionSpec | None:
-  """The mesh PartitionSpec of logical axis names under the mesh and rules in context.
+def dense_chunks(in_features: int, num_chunks: int, out_features: int,
+                 axes: Sequence[str | None], *, rngs: nnx.Rngs, dtype=jnp.float32,
+                 param_dtype=jnp.float32, zero_init: bool = False) -> nnx.Einsum:
+  """`num_chunks` Linear maps of one input in one kernel [chunks, in, out]:
+  [M, in] -> [chunks, M, out].
 
-  None outside a mesh with logical rules (one device, sampling); an axis that the mesh axes it
-  maps to do not divide stays unsplit.
+  Each chunk's input and output axes carry `axes` as a Linear's would; the chunk axis is never
+  split. One Linear to chunks x out, then split, would lay the chunks end to end across the
+  shards of its output axis, so taking one chunk would move data between devices.
   """
-  mesh = jax.sharding.get_abstract_mesh()
-  rules = dict(flax_spmd.get_logical_axis_rules())
-  if mesh.empty or not rules:
-    return None
-  spec = []
-  for size, name in zip(shape, axes):
-    mesh_axes = rules.get(name) if name is not None else None
-    names = (mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes or ())
-    spec.append(mesh_axes if names and size % math.prod(mesh.shape[a] for a in names) == 0
-                else None)
-  return PartitionSpec(*spec)
+  kernel_init = (nnx.initializers.zeros_init() if zero_init else
+                 nnx.initializers.xavier_uniform(in_axis=-2, out_axis=-1, batch_axis=(0,)))
+  return nnx.Einsum(
+      "mi,cio->cmo", (num_chunks, in_features, out_features), (num_chunks, out_features),
+      dtype=dtype, param_dtype=param_dtype,
+      kernel_init=partitioned(kernel_init, ("chunks",) + tuple(axes)),
+      bias_init=partitioned(nnx.initializers.zeros_init(), ("chunks", axes[-1])), rngs=rngs)
 
 
 def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
   """Pins an activation's sharding by logical axis names, mapped by the rules in context.
 
   Without it GSPMD may keep FSDP-sharded weights in place and replicate the batch instead. A
-  no-op outside a mesh with logical rules (see logical_spec).
+  no-op outside a mesh with logical rules (see sharding.logical_spec).
   """
   spec = logical_spec(x.shape, axes)
   return x if spec is None else jax.lax.with_sharding_constraint(x, spec)
 
 
-def norm(kind: str, features: int, *, rngs: nnx.Rngs, axis_name: str | None = "embed",
+def norm(kind: str, features: int, *, rngs: nnx.Rngs, axis_name: str | None = "backbone_width",
          dtype=jnp.float32, param_dtype=jnp.float32, affine: bool = True):
   """RMSNorm or LayerNorm over the last axis; `affine=False` gives a parameter-free norm."""
-  scale_init = nnx.with_partitioning(nnx.initializers.ones_init(), (axis_name,))
+  scale_init = partitioned(nnx.initializers.ones_init(), (axis_name,))
   if kind == "rmsnorm":
     return nnx.RMSNorm(features, epsilon=1e-6, use_scale=affine, scale_init=scale_init,
                        dtype=dtype, param_dtype=param_dtype, rngs=rngs)
   if kind == "layernorm":
     return nnx.LayerNorm(
         features, epsilon=1e-6, use_scale=affine, use_bias=affine, scale_init=scale_init,
-        bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), (axis_name,)),
+        bias_init=partitioned(nnx.initializers.zeros_init(), (axis_name,)),
         dtype=dtype, param_dtype=param_dtype, rngs=rngs)
   raise ValueError(f"norm must be one of {NORMS}, got {kind!r}")
 
@@ -85,7 +100,7 @@ class Mlp(nnx.Module):
   """SwiGLU (gated) or GELU feed-forward block."""
 
   def __init__(self, d: int, hidden: int, kind: str, *, rngs: nnx.Rngs, dtype, param_dtype,
-               axes=("embed", "mlp")):
+               axes=("backbone_width", "backbone_hidden")):
     if kind not in MLP_TYPES:
       raise ValueError(f"mlp_type must be one of {MLP_TYPES}, got {kind!r}")
     self.kind = kind

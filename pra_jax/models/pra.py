@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from pra_jax import patches
+from pra_jax import cli, patches, sharding
 from pra_jax.models.backbone import Backbone
 from pra_jax.models.head import FlowHead
 from pra_jax.models.state import PixelDecoder, StateEncoder
@@ -44,6 +44,13 @@ class PRA(nnx.Module):
     self.backbone = Backbone(model.backbone, patch_dim=self.patch_dim, grid=self.grid,
                              num_classes=data.num_classes, rngs=rngs)
     self.head = FlowHead(model.head, out_dim=gen_dim, cond_dim=d, rngs=rngs)
+    # Every route that builds the model for a mesh (create_model, abstract_model, the training
+    # state) does it under sharding.use_mesh: a width the mesh cannot split is refused here,
+    # while tracing, before anything compiles.
+    mesh = jax.sharding.get_abstract_mesh()
+    if not mesh.empty:
+      with cli.user_input():
+        sharding.check_params_divide(nnx.state(self, nnx.Param), mesh)
 
   @property
   def null_class(self) -> int:
@@ -94,8 +101,6 @@ def count_params(model: nnx.Module) -> dict[str, int]:
 
 def abstract_model(config, mesh=None) -> PRA:
   """The model as shapes (with shardings) only: no memory allocated, for counting and planning."""
-  from pra_jax import sharding
-
   with sharding.use_mesh(mesh or sharding.single_device_mesh()):
     return nnx.eval_shape(lambda: PRA(config, rngs=nnx.Rngs(0)))
 
@@ -105,8 +110,6 @@ def create_model(config, mesh=None) -> PRA:
 
   Initialisation runs under jit, so each device only ever holds its own shards.
   """
-  from pra_jax import sharding  # Deferred: models do not depend on the mesh otherwise.
-
   mesh = mesh or sharding.single_device_mesh()
   with sharding.use_mesh(mesh):
     return nnx.jit(lambda: PRA(config, rngs=nnx.Rngs(config.seed)))()

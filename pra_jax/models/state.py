@@ -33,9 +33,9 @@ def project_state(z_MZ, norm_kind: str):
 class ResMlpBlock(nnx.Module):
   def __init__(self, w: int, *, rngs, dtype, param_dtype):
     kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
-    self.norm = layers.norm("layernorm", w, axis_name="state_mlp", **kw)
-    self.fc1 = layers.dense(w, w, ("state_mlp", "state_mlp_out"), **kw)
-    self.fc2 = layers.dense(w, w, ("state_mlp_out", "state_mlp"), **kw)
+    self.norm = layers.norm("layernorm", w, axis_name="state_width", **kw)
+    self.fc1 = layers.dense(w, w, ("state_width", "state_hidden"), **kw)
+    self.fc2 = layers.dense(w, w, ("state_hidden", "state_width"), **kw)
 
   def __call__(self, x):
     return x + self.fc2(nnx.silu(self.fc1(self.norm(x))))
@@ -50,10 +50,10 @@ class StateEncoder(nnx.Module):
     kw = dict(rngs=rngs, dtype=layers.dtype_of(cfg.dtype),
               param_dtype=layers.dtype_of(cfg.param_dtype))
     self.norm_kind = cfg.norm
-    self.inp = layers.dense(patch_dim, cfg.width, ("patch", "state_mlp"), **kw)
+    self.inp = layers.dense(patch_dim, cfg.width, ("patch_pixels", "state_width"), **kw)
     self.blocks = nnx.List([ResMlpBlock(cfg.width, **kw) for _ in range(cfg.depth)])
-    self.out_norm = layers.norm("layernorm", cfg.width, axis_name="state_mlp", **kw)
-    self.out = layers.dense(cfg.width, cfg.dim, ("state_mlp", "state"), **kw)
+    self.out_norm = layers.norm("layernorm", cfg.width, axis_name="state_width", **kw)
+    self.out = layers.dense(cfg.width, cfg.dim, ("state_width", "state_dim"), **kw)
 
   def __call__(self, x_MP):
     h = self.inp(x_MP)
@@ -81,12 +81,12 @@ class PixelDecoder(nnx.Module):
     kw = dict(rngs=rngs, dtype=layers.dtype_of(cfg.dtype),
               param_dtype=layers.dtype_of(cfg.param_dtype))
     self.project_kind = cfg.norm if cfg.project else "none"
-    self.inp = layers.dense(cfg.dim, cfg.width, ("state", "state_mlp"), **kw)
-    self.context = (layers.dense(context_dim, cfg.width, ("embed", "state_mlp"), **kw)
+    self.inp = layers.dense(cfg.dim, cfg.width, ("state_dim", "state_width"), **kw)
+    self.context = (layers.dense(context_dim, cfg.width, ("backbone_width", "state_width"), **kw)
                     if cfg.decoder_context else None)
     self.blocks = nnx.List([ResMlpBlock(cfg.width, **kw) for _ in range(cfg.depth)])
-    self.out_norm = layers.norm("layernorm", cfg.width, axis_name="state_mlp", **kw)
-    self.out = layers.dense(cfg.width, patch_dim, ("state_mlp", "patch"), **kw)
+    self.out_norm = layers.norm("layernorm", cfg.width, axis_name="state_width", **kw)
+    self.out = layers.dense(cfg.width, patch_dim, ("state_width", "patch_pixels"), **kw)
 
   @property
   def uses_context(self) -> bool:
