@@ -32,15 +32,17 @@ _DISTRIBUTED = distributed.define_flags()   # --distributed, --coordinator_addre
 
 def _check_inputs():
   """Everything about the user's input that is known before jax or TensorFlow start."""
-  from pra_jax import checkpoint, config_check
+  from pra_jax import checkpoint, config_check, data
   if _WORKDIR.value is None:
     config_check.usage_error("--workdir is required (checkpoints, logs and samples go there)")
   heartbeat = _DISTRIBUTED["heartbeat_timeout"].value
   if heartbeat < 1:
     config_check.usage_error(f"--heartbeat_timeout must be at least 1 s, got {heartbeat}")
   with config_check.user_input():
+    checkpoint.check_workdir_writable(_WORKDIR.value)
     config_check.validate(_CONFIG.value)
     checkpoint.check_workdir(_WORKDIR.value, _CONFIG.value, overwrite=_OVERWRITE.value)
+    data.check_source(_CONFIG.value.data)   # Image folders: classes, one readable file.
 
 
 def main(argv):   # Run through config_check.cli, which also quiets the libraries' logs.

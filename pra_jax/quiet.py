@@ -13,9 +13,15 @@ _DROPPED = (
 
 
 def _keep(record: std_logging.LogRecord) -> bool:
+  path = record.pathname.replace(os.sep, "/")
+  if "/orbax/" in path and record.levelno >= std_logging.ERROR and (
+      record.exc_info or "Traceback" in str(record.msg)):
+    # A failed save: Orbax logs a traceback from each of its writers (dozens on a full disk);
+    # pra_jax's own line says what failed and what survives. Debug level: --verbosity=1 shows it.
+    record.levelno, record.levelname = std_logging.DEBUG, "DEBUG"
+    return std_logging.getLogger(record.name).isEnabledFor(std_logging.DEBUG)
   if record.levelno >= std_logging.ERROR:
     return True
-  path = record.pathname.replace(os.sep, "/")
   if "/orbax/" in path and record.levelno < std_logging.WARNING:
     return False   # Orbax logs every file it writes at INFO.
   message = str(record.msg)

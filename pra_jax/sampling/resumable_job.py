@@ -206,7 +206,8 @@ def sample_to_npz(config, workdir: str, out: str, **kwargs) -> dict:
   the chunk folder, then merged into the ADM .npz and a PNG grid beside it (see plan_run for
   the arguments). A rerun skips committed chunks and writes the same bytes as an uninterrupted
   run; a SIGTERM stops every process after the chunk at hand ('preempted' in the result)."""
-  plan = plan_run(config, workdir, out, **kwargs)
+  with config_check.user_input():  # Every argument is checked there, before anything runs.
+    plan = plan_run(config, workdir, out, **kwargs)
   done = chunk_store.finished_chunks(plan.chunk_dir, plan.num_chunks)
   done = data_parallel.broadcast_from_process_0(done)
   todo = [c for c in range(plan.num_chunks) if not done[c]]

@@ -32,7 +32,7 @@ if __name__ == "__main__" and "jax" not in sys.modules:
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from pra_jax import memory_plan  # noqa: E402
+from pra_jax import config_check, memory_plan  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py", "Config to plan.")
 _DEVICES = flags.DEFINE_integer("devices", 1, "Fake CPU devices to compile for.")
@@ -52,7 +52,13 @@ _BUDGET_GIB = flags.DEFINE_float("budget_gib", 16.0, "Per-device memory to check
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    config_check.usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
+  for name, value in (("devices", _DEVICES.value), ("batch", _BATCH.value),
+                      *(("accum", a) for a in _ACCUM.value)):
+    if value is not None and value < 1:
+      config_check.usage_error(f"--{name} must be a positive integer, got {value}")
+  if not 0 < _BUDGET_GIB.value < float("inf"):
+    config_check.usage_error(f"--budget_gib must be a positive number, got {_BUDGET_GIB.value}")
   config = _CONFIG.value
   name = os.path.splitext(os.path.basename(
       config_flags.get_config_filename(flags.FLAGS["config"])))[0]
@@ -60,7 +66,13 @@ def main(argv):
     config.train.batch_size = _BATCH.value
   if _SCAN_LAYERS.value is not None:
     config.model.backbone.scan_layers = _SCAN_LAYERS.value
-  meshes = [memory_plan.parse_mesh(m) for m in _MESH.value] or [dict(config.sharding.mesh)]
+  with config_check.user_input():
+    try:
+      meshes = [memory_plan.parse_mesh(m) for m in _MESH.value] or [dict(config.sharding.mesh)]
+    except ValueError as e:   # int('x') says nothing of the flag.
+      raise ValueError(f"--mesh={','.join(_MESH.value)}: {e}; expected e.g. "
+                       f"data=8,fsdp=8,tensor=1") from None
+    config_check.validate(config)
   remats = _REMAT.value or [config.model.backbone.remat_policy]
   accums = _ACCUM.value or [config.train.grad_accum_steps]
   print(memory_plan.HEADER, flush=True)
@@ -74,4 +86,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(config_check.cli(main), flags_parser=config_check.parse_flags)
