@@ -175,10 +175,12 @@ def _split_role(data_cfg: ml_collections.ConfigDict, split: str) -> str:
       f"data.eval_split ({data_cfg.eval_split!r})")
 
 
-def _check_num_classes(data_cfg: ml_collections.ConfigDict, found: int, where: str) -> None:
+def _check_num_classes(data_cfg: ml_collections.ConfigDict, found: int, where: str,
+                       exact: bool = False) -> None:
   # Labels at or above num_classes would index past the class embedding table; with fewer
-  # classes, some class ids never train and sampling them draws from an untrained embedding.
-  if found != data_cfg.num_classes:
+  # classes (refused by check_source), some ids never train and sampling them draws from an
+  # untrained embedding.
+  if found > data_cfg.num_classes or (exact and found < data_cfg.num_classes):
     raise ValueError(f"{where} has {found} classes but data.num_classes is {data_cfg.num_classes}"
                      f"; expected one class per id")
 
@@ -466,13 +468,15 @@ def check_source(data_cfg: ml_collections.ConfigDict) -> None:
   TFDS is opened by make_source (it needs TensorFlow)."""
   validate_config(data_cfg)
   if data_cfg.source == "digits":
-    _check_num_classes(data_cfg, DIGITS_NUM_CLASSES, "the digits set")
+    _check_num_classes(data_cfg, DIGITS_NUM_CLASSES, "the digits set", exact=True)
   elif data_cfg.source == "photos":
-    _check_num_classes(data_cfg, PHOTOS_NUM_CLASSES, "the photos set")
+    _check_num_classes(data_cfg, PHOTOS_NUM_CLASSES, "the photos set", exact=True)
   elif data_cfg.source == "folder":
     eval_split = (data_cfg.eval_split,) if data_cfg.eval_folder else ()  # Else: the train one.
     for split in (data_cfg.train_split,) + eval_split:
       make_source(data_cfg, split).check_readable()
+    _check_num_classes(data_cfg, len(_list_class_dirs(data_cfg.folder)),
+                       f"image folder {data_cfg.folder!r}", exact=True)
 
 
 def make_source(data_cfg: ml_collections.ConfigDict, split: str) -> Source:
