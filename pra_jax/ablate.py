@@ -66,7 +66,8 @@ def main(argv):
   with config_check.user_input():   # Every run's config and folder, before anything trains.
     checkpoint.check_workdir_writable(_WORKDIR.value)
     config_check.validate(_CONFIG.value)
-    runs = dict(modes=_list(_MODES.value, str, "modes"), sigmas=_list(_SIGMAS.value, float, "sigmas"),
+    runs = dict(modes=_list(_MODES.value, str, "modes"),
+                sigmas=_list(_SIGMAS.value, float, "sigmas"),
                 state_dims=_list(_STATE_DIMS.value, int, "state_dims"), seeds=_SEEDS.value,
                 seeded_modes=_list(_SEEDED_MODES.value, str, "seeded_modes"),
                 num_steps=_NUM_STEPS.value, quick=_QUICK.value)

@@ -75,10 +75,16 @@ def _check_inputs():
   """Every file, from its headers, before anything loads or compiles: a judge is never
   retrained to fit samples of another resolution."""
   if _METRICS.value == "inception":
-    ref_shape = scoring.check_reference_file(_REF.value)
+    shape = scoring.check_reference_file(_REF.value)
+    against = f"the reference batch {_REF.value!r}"
+    run = scoring.run_config_near(_SAMPLES.value)
+    if shape is None and run is not None:   # Statistics only: the run's resolution instead.
+      d = run[1]["data"]
+      shape = (d["image_size"], d["image_size"], d["channels"])
+      against = f"the run's data ({run[0]})"
     scoring.check_inception_file(_INCEPTION.value)
-    scoring.check_samples_file(_SAMPLES.value, need_labels=False, shape_HWC=ref_shape,
-                               against=f"the reference batch {_REF.value!r}")
+    scoring.check_samples_file(_SAMPLES.value, need_labels=False, shape_HWC=shape,
+                               against=against)
   else:
     shape, against = _digits_shape()
     scoring.check_samples_file(_SAMPLES.value, need_labels=True, shape_HWC=shape,
