@@ -49,11 +49,15 @@ def check_samples_file(path: str, *, need_labels: bool,
   what = f"samples file {path!r}"
   headers = npz_headers(path, what)
   if "arr_0" not in headers:
-    raise ValueError(f"{what} has no arr_0 (arrays: {sorted(headers)}); expected "
+    raise ValueError(f"{what} has no 'arr_0' images (arrays: {sorted(headers)}); expected "
                      f"{_SAMPLES_FORMAT}")
   shape, dtype = headers["arr_0"]
-  if dtype != np.uint8 or len(shape) != 4 or shape[-1] not in (1, 3) or shape[0] == 0:
-    raise ValueError(f"{what}: arr_0 is {dtype} {list(shape)}; expected {_SAMPLES_FORMAT}")
+  if dtype != np.uint8:
+    raise ValueError(f"{what}: arr_0 images must be uint8, got {dtype}; expected "
+                     f"{_SAMPLES_FORMAT}")
+  if len(shape) != 4 or shape[-1] not in (1, 3) or shape[0] == 0:
+    raise ValueError(f"{what}: arr_0 images must be uint8 NHWC [N > 0, H, W, 1 or 3], got shape "
+                     f"{shape}")
   if shape_HWC is not None and tuple(shape[1:]) != tuple(shape_HWC):
     raise ValueError(f"{what}: arr_0 images are {'x'.join(map(str, shape[1:]))} (H x W x C) but "
                      f"{against} is {'x'.join(map(str, shape_HWC))}; expected samples of that "
