@@ -169,6 +169,8 @@ CASES = [
     ("params-nan-lr", "pra_jax.tools.params", [TINY, "--config.train.lr=nan"], "train.lr"),
     ("plan-bad-mesh", "pra_jax.tools.plan", [TINY, "--mesh=data=x"], "--mesh=data=x"),
     ("plan-zero-devices", "pra_jax.tools.plan", [TINY, "--devices=0"], "--devices"),
+    ("plan-mesh-past-devices", "pra_jax.tools.plan", [TINY, "--devices=1", "--mesh=data=4"],
+     "--devices=4"),
     ("reference-images-missing", "pra_jax.tools.reference",
      ["--images={d}/nowhere", BAD_WEIGHTS, "--out={d}/ref.npz"], "{d}/nowhere"),
     ("reference-no-inception", "pra_jax.tools.reference",

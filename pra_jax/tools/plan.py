@@ -72,17 +72,20 @@ def main(argv):
     except ValueError as e:   # int('x') says nothing of the flag.
       raise ValueError(f"--mesh={','.join(_MESH.value)}: {e}; expected e.g. "
                        f"data=8,fsdp=8,tensor=1") from None
-    config_check.validate(config)
   remats = _REMAT.value or [config.model.backbone.remat_policy]
   accums = _ACCUM.value or [config.train.grad_accum_steps]
+  rows = [(mesh_cfg, accum, remat) for mesh_cfg in meshes for accum in accums for remat in remats]
+  with config_check.user_input():   # Every row's settings, before the first one compiles.
+    for mesh_cfg, accum, remat in rows:
+      config.model.backbone.remat_policy = remat
+      config.train.grad_accum_steps = accum
+      memory_plan.check(config, _DEVICES.value, mesh_cfg)
   print(memory_plan.HEADER, flush=True)
-  for mesh_cfg in meshes:
-    for accum in accums:
-      for remat in remats:
-        config.model.backbone.remat_policy = remat
-        config.train.grad_accum_steps = accum
-        result = memory_plan.plan(config, _DEVICES.value, mesh_cfg, budget_gib=_BUDGET_GIB.value)
-        print(memory_plan.format_row(name, result), flush=True)
+  for mesh_cfg, accum, remat in rows:
+    config.model.backbone.remat_policy = remat
+    config.train.grad_accum_steps = accum
+    result = memory_plan.plan(config, _DEVICES.value, mesh_cfg, budget_gib=_BUDGET_GIB.value)
+    print(memory_plan.format_row(name, result), flush=True)
 
 
 if __name__ == "__main__":
