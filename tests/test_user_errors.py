@@ -156,7 +156,7 @@ CASES = [
     ("ablate-unknown-mode", "pra_jax.ablate", [TINY, "--workdir={d}/study", "--modes=pra,bogus"],
      "bogus"),
     ("ablate-no-workdir", "pra_jax.ablate", [TINY], "--workdir"),
-    ("ablate-workdir-is-a-file", "pra_jax.ablate", [TINY, "--workdir={d}/file.txt"]
+    ("ablate-workdir-is-a-file", "pra_jax.ablate", [TINY, "--workdir={d}/file.txt"],
      "{d}/file.txt"),
     ("ablate-sigma-not-a-number", "pra_jax.ablate", [TINY, "--workdir={d}/study", "--sigmas=abc"],
      "--sigmas=abc"),
@@ -170,7 +170,7 @@ CASES = [
     ("plan-bad-mesh", "pra_jax.tools.plan", [TINY, "--mesh=data=x"], "--mesh=data=x"),
     ("plan-zero-devices", "pra_jax.tools.plan", [TINY, "--devices=0"], "--devices"),
     ("plan-mesh-past-devices", "pra_jax.tools.plan", [TINY, "--devices=1", "--mesh=data=4"],
-     "--devices=4"),
+     "needs 4 devices"),
     ("reference-images-missing", "pra_jax.tools.reference",
      ["--images={d}/nowhere", BAD_WEIGHTS, "--out={d}/ref.npz"], "{d}/nowhere"),
     ("reference-no-inception", "pra_jax.tools.reference",
