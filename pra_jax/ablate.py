@@ -71,7 +71,7 @@ def main(argv):
                 state_dims=_list(_STATE_DIMS.value, int, "state_dims"), seeds=_SEEDS.value,
                 seeded_modes=_list(_SEEDED_MODES.value, str, "seeded_modes"),
                 num_steps=_NUM_STEPS.value, quick=_QUICK.value)
-    A.check_study(_CONFIG.value, _WORKDIR.value, **runs)
+    A.check_study(_CONFIG.value, _WORKDIR.value, validate=True, **runs)
   ev = None
   if _NUM_SAMPLES.value:
     study = A.default_study(_CONFIG.value)
