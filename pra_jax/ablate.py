@@ -11,6 +11,7 @@ import logging as std_logging
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from pra_jax import cli, config_check, run_record
 from pra_jax.studies import input_mode_study as A
 
 # Unset flags take the data source's default study (input_mode_study.STUDIES).
@@ -39,34 +40,49 @@ def _quiet_checkpoint_logs():
       lambda record: record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname)
 
 
-def _list(values, kind):
-  return None if values is None else tuple(kind(v) for v in values if v)
+def _list(values, kind, flag):
+  if values is None:
+    return None
+  try:
+    return tuple(kind(v) for v in values if v)
+  except ValueError:
+    raise ValueError(f"--{flag}={','.join(values)}: expected comma-separated "
+                     f"{kind.__name__} values") from None
 
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
   if _WORKDIR.value is None:
-    raise app.UsageError("--workdir is required")
+    cli.usage_error("--workdir is required")
   unknown = sorted((set(_MODES.value or ()) | set(_SEEDED_MODES.value or ()))
                    - set(A.MODES) - {""})
   if unknown:
-    raise app.UsageError(f"--modes / --seeded_modes: unknown {unknown}; choose from {A.MODES}")
+    cli.usage_error(f"--modes / --seeded_modes: unknown {unknown}; expected names from "
+                             f"{A.MODES}")
+  for name, holder in (("seeds", _SEEDS), ("num_steps", _NUM_STEPS), ("num_samples", _NUM_SAMPLES)):
+    if holder.value is not None and holder.value < 1:
+      cli.usage_error(f"--{name} must be a positive integer, got {holder.value}")
+  with cli.user_input():   # Every run's config and folder, before anything trains.
+    run_record.check_workdir_writable(_WORKDIR.value)
+    config_check.validate(_CONFIG.value)
+    runs = dict(modes=_list(_MODES.value, str, "modes"),
+                sigmas=_list(_SIGMAS.value, float, "sigmas"),
+                state_dims=_list(_STATE_DIMS.value, int, "state_dims"), seeds=_SEEDS.value,
+                seeded_modes=_list(_SEEDED_MODES.value, str, "seeded_modes"),
+                num_steps=_NUM_STEPS.value, quick=_QUICK.value)
+    A.check_study(_CONFIG.value, _WORKDIR.value, validate=True, **runs)
   ev = None
   if _NUM_SAMPLES.value:
     study = A.default_study(_CONFIG.value)
     ev = dataclasses.replace(A.QUICK_EVAL if _QUICK.value else A.Eval(gap_images=study.gap_images),
                              num_samples=_NUM_SAMPLES.value)
   _quiet_checkpoint_logs()
-  out = A.run_study(_CONFIG.value, _WORKDIR.value, modes=_list(_MODES.value, str),
-                    sigmas=_list(_SIGMAS.value, float), state_dims=_list(_STATE_DIMS.value, int),
-                    seeds=_SEEDS.value, seeded_modes=_list(_SEEDED_MODES.value, str),
-                    num_steps=_NUM_STEPS.value, quick=_QUICK.value,
-                    judge_cache=_JUDGE_CACHE.value, ev=ev)
+  out = A.run_study(_CONFIG.value, _WORKDIR.value, judge_cache=_JUDGE_CACHE.value, ev=ev, **runs)
   if out["failed"]:
     raise SystemExit(f"runs failed: {', '.join(out['failed'])} (see {out['table']}); rerun the "
                      f"same command to retry them")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(cli.one_line_errors(main), flags_parser=cli.parse_flags)

@@ -6,6 +6,7 @@ Errors are marked where they are known to come from the user (`user_input`, `mar
 """
 
 import contextlib
+import os
 import sys
 
 EXIT_USER_ERROR = 2
@@ -30,14 +31,16 @@ def user_input():
 
 
 def one_line_errors(main_fn):
-  """Wraps an absl main: a user error is one line on stderr and exit status 2, no traceback."""
+  """Wraps an absl main: a user error (or an app.UsageError) is one line on stderr and exit
+  status 2, no traceback and no usage text."""
   def run(argv):
+    from absl import app
     from pra_jax import quiet
     quiet.quiet_library_logs()
     try:
       return main_fn(argv)
     except Exception as e:  # pylint: disable=broad-except
-      if not is_user_error(e):
+      if not is_user_error(e) and not isinstance(e, app.UsageError):
         raise
       print(one_line(e), file=sys.stderr, flush=True)
       sys.exit(EXIT_USER_ERROR)
@@ -59,12 +62,24 @@ def parse_flags(argv, config_flag: str = "config"):
   """An absl flags_parser: a bad flag, an unknown --config.KEY override (with a "did you mean")
   or a config file that does not load is one line and exit status 2, not a traceback."""
   from absl import flags
+  _check_config_file(argv, config_flag)
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
     usage_error(" ".join(str(e).split()))
   except Exception as e:  # pylint: disable=broad-except  # Raised by config_flags' overrides.
     usage_error(_override_message(argv, config_flag, e))
+
+
+def _check_config_file(argv, config_flag: str) -> None:
+  """--config=PATH[:ARGS] naming no file: one line naming it (config_flags' own words bury it)."""
+  prefix = f"--{config_flag}="
+  for arg in argv[1:]:
+    if arg.startswith(prefix):
+      path = arg[len(prefix):].split(":", 1)[0]
+      if not os.path.isfile(path):
+        usage_error(f"{prefix}{path}: no such config file (expected a Python file with "
+                    f"get_config(), e.g. configs/demo.py)")
 
 
 def _override_message(argv, config_flag: str, e: Exception) -> str:

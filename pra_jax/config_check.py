@@ -93,7 +93,16 @@ def check_field(field: config_schema.Field, value) -> None:
     check_number(name, value, low, r.high, r.low_ok, r.high_ok, says)
 
 
+def check_finite(config) -> None:
+  """Every float field of the config is a finite number: none has a meaning for inf or nan
+  (rollout.sigma_max=inf would compile and turn the first step's loss non-finite)."""
+  for key, value in traverse_util.flatten_dict(config.to_dict(), sep=".").items():
+    if isinstance(value, float) and not math.isfinite(value):
+      raise ValueError(f"config {key}={value} must be a finite number")
+
+
 def validate(config) -> None:
+  check_finite(config)
   for field in config_schema.FIELDS:
     try:
       value = _get(config, field.key)

@@ -175,10 +175,14 @@ def _split_role(data_cfg: ml_collections.ConfigDict, split: str) -> str:
       f"data.eval_split ({data_cfg.eval_split!r})")
 
 
-def _check_num_classes(data_cfg: ml_collections.ConfigDict, found: int, where: str) -> None:
-  # Labels at or above num_classes would index past the class embedding table.
-  if found > data_cfg.num_classes:
-    raise ValueError(f"{where} has {found} classes but data.num_classes is {data_cfg.num_classes}")
+def _check_num_classes(data_cfg: ml_collections.ConfigDict, found: int, where: str,
+                       exact: bool = False) -> None:
+  # Labels at or above num_classes would index past the class embedding table; with fewer
+  # classes (refused by check_source), some ids never train and sampling them draws from an
+  # untrained embedding.
+  if found > data_cfg.num_classes or (exact and found < data_cfg.num_classes):
+    raise ValueError(f"{where} has {found} classes but data.num_classes is {data_cfg.num_classes}"
+                     f"; expected one class per id")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -364,6 +368,20 @@ class ImageFolderSource(_DecodingSource):
   def paths(self) -> tuple[str, ...]:
     return self._paths
 
+  def check_readable(self) -> None:
+    """Raises unless some file decodes: a folder of corrupt files is refused up front, not after
+    a warning per file and the first batch."""
+    first_error = None
+    for index in range(len(self)):
+      try:
+        self._decode(index)
+        return
+      except _DECODE_ERRORS as e:
+        first_error = first_error or f"{self._name(index)}: {e}"
+    raise ValueError(f"image folder {self._root!r}: none of its {len(self)} image files could be "
+                     f"read (first: {first_error}); expected {'/'.join(IMAGE_EXTENSIONS)} files "
+                     f"that PIL decodes")
+
   def __len__(self) -> int:
     return len(self._paths)
 
@@ -443,6 +461,23 @@ def _folder_classes(data_cfg: ml_collections.ConfigDict) -> list[str]:
   classes = _list_class_dirs(data_cfg.folder)
   _check_num_classes(data_cfg, len(classes), f"image folder {data_cfg.folder!r}")
   return classes
+
+
+def check_source(data_cfg: ml_collections.ConfigDict) -> None:
+  """What a run can know of its data before it writes anything or builds a model: the class
+  count of every source, and for image folders that each exists and holds a readable image.
+  TFDS is opened by make_source (it needs TensorFlow)."""
+  validate_config(data_cfg)
+  if data_cfg.source == "digits":
+    _check_num_classes(data_cfg, DIGITS_NUM_CLASSES, "the digits set", exact=True)
+  elif data_cfg.source == "photos":
+    _check_num_classes(data_cfg, PHOTOS_NUM_CLASSES, "the photos set", exact=True)
+  elif data_cfg.source == "folder":
+    eval_split = (data_cfg.eval_split,) if data_cfg.eval_folder else ()  # Else: the train one.
+    for split in (data_cfg.train_split,) + eval_split:
+      make_source(data_cfg, split).check_readable()
+    _check_num_classes(data_cfg, len(_list_class_dirs(data_cfg.folder)),
+                       f"image folder {data_cfg.folder!r}", exact=True)
 
 
 def make_source(data_cfg: ml_collections.ConfigDict, split: str) -> Source:

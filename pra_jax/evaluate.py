@@ -13,7 +13,7 @@ import sys
 
 from absl import app, flags, logging
 
-from pra_jax import quiet
+from pra_jax import cli, quiet
 from pra_jax.metrics import fid, inception, scoring
 
 _SAMPLES = flags.DEFINE_string("samples", None,
@@ -38,27 +38,75 @@ _PR_DISTANCES = flags.DEFINE_enum(
     "for a block that overflows; reads 0.4-2 points higher), float32 = exact.")
 _CACHE_DIR = flags.DEFINE_string("cache_dir", None,
                                  "Digits judge cache; default: the samples' folder.")
+_IMAGE_SIZE = flags.DEFINE_integer(
+    "image_size", None, "Digits: the samples' resolution, the run's data.image_size (default: "
+    "the run's config.json beside --samples or one folder up). The judge reads only that size.")
+
+
+def _check_args():
+  """The flags, before any file is read."""
+  if not _SAMPLES.value:
+    cli.usage_error("--samples is required: the .npz that python -m pra_jax.sample "
+                             "writes")
+  if _METRICS.value == "inception" and (not _REF.value or not _INCEPTION.value):
+    cli.usage_error("--metrics=inception needs --ref and --inception (or use "
+                             "--metrics=digits for the digits demo)")
+  for name, holder in (("is_split_size", _IS_SPLIT_SIZE), ("batch_size", _BATCH_SIZE),
+                       ("image_size", _IMAGE_SIZE)):
+    if holder.value is not None and holder.value < 1:
+      cli.usage_error(f"--{name} must be a positive integer, got {holder.value}")
+
+
+def _digits_shape() -> tuple[tuple[int, int, int], str]:
+  """(H, W, C) the digits judge reads for these samples, and what says so."""
+  if _IMAGE_SIZE.value is not None:
+    return (_IMAGE_SIZE.value, _IMAGE_SIZE.value, 1), f"--image_size={_IMAGE_SIZE.value}"
+  run = scoring.run_config_near(_SAMPLES.value)
+  if run is None:
+    raise ValueError(f"--samples={_SAMPLES.value!r} is not in a run's workdir (no config.json "
+                     f"beside it or one folder up); expected --image_size=the run's "
+                     f"data.image_size, the only size the digits judge reads")
+  path, config = run
+  size = config["data"]["image_size"]
+  return (size, size, 1), f"the run's data.image_size / digits channels ({path})"
+
+
+def _check_inputs():
+  """Every file, from its headers, before anything loads or compiles: a judge is never
+  retrained to fit samples of another resolution."""
+  if _METRICS.value == "inception":
+    shape = scoring.check_reference_file(_REF.value)
+    against = f"the reference batch {_REF.value!r}"
+    run = scoring.run_config_near(_SAMPLES.value)
+    if shape is None and run is not None:   # Statistics only: the run's resolution instead.
+      d = run[1]["data"]
+      shape = (d["image_size"], d["image_size"], d["channels"])
+      against = f"the run's data ({run[0]})"
+    scoring.check_inception_file(_INCEPTION.value)
+    scoring.check_samples_file(_SAMPLES.value, need_labels=False, shape_HWC=shape,
+                               against=against)
+  else:
+    shape, against = _digits_shape()
+    scoring.check_samples_file(_SAMPLES.value, need_labels=True, shape_HWC=shape,
+                               against=against)
 
 
 def main(argv):
   quiet.quiet_library_logs()
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not _SAMPLES.value:
-    raise app.UsageError("--samples is required")
-  if _IS_SPLIT_SIZE.value < 1:
-    raise app.UsageError(f"--is_split_size must be >= 1, got {_IS_SPLIT_SIZE.value}")
-  images, labels = scoring.load_samples(_SAMPLES.value)
-  if _METRICS.value == "inception":
-    if not _REF.value or not _INCEPTION.value:
-      raise app.UsageError("--metrics=inception needs --ref and --inception")
-    metrics = scoring.evaluate_inception(images, labels, _REF.value, _INCEPTION.value,
-                                         _BATCH_SIZE.value, _IS_SPLIT_SIZE.value,
-                                         _PR_DISTANCES.value)
-  else:
-    digits = importlib.import_module("pra_jax.metrics.digits")  # Only this branch needs it.
-    metrics = digits.evaluate_digits(images, labels,
-                                     _CACHE_DIR.value or scoring.judge_cache(_SAMPLES.value))
+    cli.usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
+  _check_args()
+  with cli.user_input():
+    _check_inputs()
+    images, labels = scoring.load_samples(_SAMPLES.value)
+    if _METRICS.value == "inception":
+      metrics = scoring.evaluate_inception(images, labels, _REF.value, _INCEPTION.value,
+                                           _BATCH_SIZE.value, _IS_SPLIT_SIZE.value,
+                                           _PR_DISTANCES.value)
+    else:
+      digits = importlib.import_module("pra_jax.metrics.digits")  # Only this branch needs it.
+      metrics = digits.evaluate_digits(images, labels,
+                                       _CACHE_DIR.value or scoring.judge_cache(_SAMPLES.value))
   metrics = {k: v.item() if hasattr(v, "item") else v for k, v in metrics.items()}
   out = scoring.metrics_path(_SAMPLES.value)
   with open(out, "w") as fp:
@@ -69,4 +117,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(cli.one_line_errors(main), flags_parser=cli.parse_flags)

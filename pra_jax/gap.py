@@ -7,6 +7,7 @@ what each number means).
 from absl import app, flags
 from ml_collections import config_flags
 
+from pra_jax import cli
 from pra_jax.studies import rollout_gap
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file of the trained run.")
@@ -30,12 +31,19 @@ _RAW_WEIGHTS = flags.DEFINE_bool("raw_weights", False, "Measure the raw weights,
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
   if _CONFIG.value is None or _WORKDIR.value is None:
-    raise app.UsageError("--config and --workdir are required")
+    cli.usage_error("--config and --workdir are required")
   unknown = set(_KINDS.value) - set(rollout_gap.KINDS)
   if unknown:
-    raise app.UsageError(f"--kinds must be among {rollout_gap.KINDS}, got {sorted(unknown)}")
+    cli.usage_error(f"--kinds: {sorted(unknown)} unknown; expected names from "
+                             f"{rollout_gap.KINDS}")
+  for name, holder in (("num_images", _NUM_IMAGES), ("noise_draws", _NOISE_DRAWS),
+                       ("num_rollouts", _NUM_ROLLOUTS), ("steps", _STEPS)):
+    if holder.value is not None and holder.value < 1:
+      cli.usage_error(f"--{name} must be a positive integer, got {holder.value}")
+  if not 0.0 <= _COUPLE_T0.value <= 1.0:   # Also refuses nan.
+    cli.usage_error(f"--couple_t0 must be a number in [0, 1], got {_COUPLE_T0.value}")
   result, png = rollout_gap.run(_CONFIG.value, _WORKDIR.value, outdir=_OUTDIR.value,
                         num_images=_NUM_IMAGES.value, noise_draws=_NOISE_DRAWS.value,
                         num_rollouts=_NUM_ROLLOUTS.value, seed=_SEED.value,
@@ -50,4 +58,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(cli.one_line_errors(main), flags_parser=cli.parse_flags)

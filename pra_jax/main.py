@@ -33,15 +33,17 @@ _DISTRIBUTED = distributed.define_flags()   # --distributed, --coordinator_addre
 
 def _check_inputs():
   """Everything about the user's input that is known before jax or TensorFlow start."""
-  from pra_jax import cli, config_check, run_record
+  from pra_jax import cli, config_check, data, run_record
   if _WORKDIR.value is None:
     cli.usage_error("--workdir is required (checkpoints, logs and samples go there)")
   heartbeat = _DISTRIBUTED["heartbeat_timeout"].value
   if heartbeat < 1:
     cli.usage_error(f"--heartbeat_timeout must be at least 1 s, got {heartbeat}")
   with cli.user_input():
+    run_record.check_workdir_writable(_WORKDIR.value)
     config_check.validate(_CONFIG.value)
     run_record.check_workdir(_WORKDIR.value, _CONFIG.value, overwrite=_OVERWRITE.value)
+    data.check_source(_CONFIG.value.data)   # Image folders: classes, one readable file.
 
 
 def main(argv):   # Run through cli.one_line_errors, which also quiets the libraries' logs.

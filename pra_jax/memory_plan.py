@@ -28,13 +28,8 @@ def _bytes_per_device(tree) -> int:
              for l in jax.tree.leaves(tree))
 
 
-def plan(config, num_devices: int, mesh_cfg=None, *, devices=None,
-         budget_gib: float = 16.0) -> dict:
-  """Compiles the train step of `config` for `num_devices` and returns its memory per device.
-
-  Sizes are bytes per device. `peak` = arguments + temporaries + outputs not aliased to a
-  donated argument: what must be resident at once, which is what a device's memory must hold.
-  """
+def check(config, num_devices: int, mesh_cfg=None, *, devices=None):
+  """(config as planned, mesh): every reason the plan cannot be made, before it compiles."""
   if config.model.backbone.attention != "xla":
     config = config.copy_and_resolve_references()
     config.model.backbone.attention = "xla"  # The fused kernels need their platform (docstring).
@@ -52,7 +47,18 @@ def plan(config, num_devices: int, mesh_cfg=None, *, devices=None,
     raise ValueError(f"global batch {global_batch} is not divisible by the data x fsdp mesh size "
                      f"{sharding.batch_divisor(mesh)}")
   config_check.check_microbatches(config, sharding.batch_divisor(mesh))
+  return config, mesh
 
+
+def plan(config, num_devices: int, mesh_cfg=None, *, devices=None,
+         budget_gib: float = 16.0) -> dict:
+  """Compiles the train step of `config` for `num_devices` and returns its memory per device.
+
+  Sizes are bytes per device. `peak` = arguments + temporaries + outputs not aliased to a
+  donated argument: what must be resident at once, which is what a device's memory must hold.
+  """
+  config, mesh = check(config, num_devices, mesh_cfg, devices=devices)
+  global_batch = config.train.batch_size
   compiled, state, lower_s, compile_s = train_step.compile_train_step(config, mesh, global_batch)
   mem = compiled.memory_analysis()
   cost = compiled.cost_analysis()

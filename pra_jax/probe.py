@@ -9,7 +9,7 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from pra_jax import restore
+from pra_jax import cli, restore
 from pra_jax.studies import linear_probe
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file of the run.")
@@ -24,13 +24,23 @@ _CONTROL = flags.DEFINE_bool("control", False,
 
 
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    cli.usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
   if _CONFIG.value is None or _WORKDIR.value is None:
-    raise app.UsageError("--config and --workdir are required")
+    cli.usage_error("--config and --workdir are required")
   try:
     layers = None if _LAYER.value is None else [int(l) for l in _LAYER.value]
   except ValueError:
-    raise app.UsageError(f"--layer: expected integers such as 2 or 1,2,3, got {_LAYER.value}")
+    cli.usage_error(f"--layer={','.join(_LAYER.value)}: expected integers such as 2 or "
+                             f"1,2,3")
+  for name, holder in (("epochs", _EPOCHS), ("max_train_images", _MAX_TRAIN_IMAGES)):
+    if holder.value is not None and holder.value < 1:
+      cli.usage_error(f"--{name} must be a positive integer, got {holder.value}")
+  depth = _CONFIG.value.model.backbone.depth
+  bad = [l for l in layers or () if not -depth <= l < depth]   # The backbone's own range.
+  if bad:
+    cli.usage_error(f"--layer: {bad} are not blocks of this backbone; expected "
+                             f"integers in [-{depth}, {depth}) (model.backbone.depth={depth})")
   model, _, step = restore.restore_for_sampling(_CONFIG.value, _WORKDIR.value)
   layer = layers if layers is None or len(layers) > 1 else layers[0]  # None: probe()'s default.
   result = linear_probe.probe(model, _CONFIG.value, layer=layer, max_train_images=_MAX_TRAIN_IMAGES.value,
@@ -46,4 +56,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(cli.one_line_errors(main), flags_parser=cli.parse_flags)

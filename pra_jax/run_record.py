@@ -84,12 +84,32 @@ class WorkdirPlan:
   replace_checkpoints: bool  # --overwrite over another model's checkpoints: set them aside.
 
 
+def check_workdir_writable(workdir: str) -> None:
+  """The workdir is a directory this user may write, or a path where one can be made; checked
+  before a model is built, so a run never fails at its first write. Writes nothing."""
+  path = os.path.abspath(workdir)
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise NotADirectoryError(f"workdir {workdir!r} is a file; expected a directory (or a path "
+                             f"where one can be created)")
+  existing = path
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise NotADirectoryError(f"workdir {workdir!r} cannot be created: {existing!r} is a file; "
+                             f"expected a directory path")
+  if not os.access(existing, os.W_OK | os.X_OK):
+    which = "is" if existing == path else f"cannot be created: its parent {existing!r} is"
+    raise PermissionError(f"workdir {workdir!r} {which} not writable; expected a directory this "
+                          f"user can write")
+
+
 def check_workdir(workdir: str, config, *, overwrite: bool = False) -> WorkdirPlan:
   """Reads the workdir and decides; writes nothing (record_config does, once the run starts).
 
-  Refuses checkpoints of another run (an identity key differs from workdir/config.json) unless
-  `overwrite`, naming each key with both values.
+  Refuses a workdir that cannot be written, and checkpoints of another run (an identity key
+  differs from workdir/config.json) unless `overwrite`, naming each key with both values.
   """
+  check_workdir_writable(workdir)
   new = config_dict(config)
   old = read_run_config(workdir)
   if old is None or not has_checkpoints(workdir):

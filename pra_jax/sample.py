@@ -13,7 +13,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from pra_jax import cli, config_check, distributed
+from pra_jax import cli, config_check, distributed, run_record
 from pra_jax.sampling import resumable_job
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file of the run.")
@@ -43,23 +43,30 @@ _DISTRIBUTED = distributed.define_flags()   # --distributed, --coordinator_addre
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
   if _CONFIG.value is None or _WORKDIR.value is None or _OUT.value is None:
-    raise app.UsageError("--config, --workdir and --out are required")
+    cli.usage_error("--config, --workdir and --out are required")
   if not _OUT.value.endswith(".npz"):
-    raise app.UsageError(f"--out must name a .npz file, got {_OUT.value}")
+    cli.usage_error(f"--out={_OUT.value}: expected a path ending in .npz")
   with cli.user_input():  # Before anything compiles.
-    if _NUM_IMAGES.value is not None:   # None: 50 per class (ADM's protocol).
-      config_check.check_number("--num_images", _NUM_IMAGES.value, 1, float("inf"))
-    if _CFG.value is not None:
-      config_check.check_number("--cfg", _CFG.value, 0.0, float("inf"))
+    for name, value in (("--num_images", _NUM_IMAGES.value), ("--steps", _STEPS.value),
+                        ("--per_device_batch", _PER_DEVICE_BATCH.value),
+                        ("--chunk_size", _CHUNK_SIZE.value)):
+      if value is not None:   # --num_images None: 50 per class (ADM's protocol).
+        config_check.check_number(name, value, 1, float("inf"))
+    for name, value in (("--cfg", _CFG.value), ("--temperature", _TEMPERATURE.value)):
+      if value is not None:
+        config_check.check_number(name, value, 0.0, float("inf"))
+    config_check.validate(_CONFIG.value)
+    classes = _classes(_CONFIG.value.data.num_classes)
+    run_record.check_readable(_WORKDIR.value, _CONFIG.value)
   distributed.initialize_from_flags(_DISTRIBUTED)
   logging.info("jax %s; process %d/%d; %d local / %d global devices.", jax.__version__,
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count())
   result = resumable_job.sample_to_npz(
       _CONFIG.value, _WORKDIR.value, _OUT.value, num_images=_NUM_IMAGES.value,
-      classes=[int(c) for c in _CLASSES.value] if _CLASSES.value else None, seed=_SEED.value,
+      classes=classes, seed=_SEED.value,
       cfg=_CFG.value, temperature=_TEMPERATURE.value, steps=_STEPS.value,
       use_ema=not _RAW_WEIGHTS.value, per_device_batch=_PER_DEVICE_BATCH.value,
       chunk_size=_CHUNK_SIZE.value, chunk_dir=_CHUNK_DIR.value,
@@ -71,6 +78,21 @@ def main(argv):
   if jax.process_index() == 0:
     print(f"wrote {len(plan.labels_X)} images (step {plan.step}, {plan.settings}) to {plan.out} "
           f"and {plan.png}")
+
+
+def _classes(num_classes: int) -> list[int] | None:
+  if not _CLASSES.value:
+    return None
+  try:
+    classes = [int(c) for c in _CLASSES.value]
+  except ValueError:
+    raise ValueError(f"--classes={','.join(_CLASSES.value)}: expected class ids, integers in "
+                     f"[0, {num_classes})") from None
+  bad = [c for c in classes if not 0 <= c < num_classes]
+  if bad:
+    raise ValueError(f"--classes: {bad} are not class ids; expected integers in "
+                     f"[0, {num_classes}) (data.num_classes)")
+  return classes
 
 
 if __name__ == "__main__":

@@ -89,7 +89,7 @@ def _train(config, workdir, overwrite, preemption) -> dict:
                        f"fsdp mesh size {sharding.batch_divisor(mesh)} and the "
                        f"{jax.process_count()} processes")
     config_check.check_microbatches(config, sharding.batch_divisor(mesh))
-    data.validate_config(config.data)
+    data.check_source(config.data)
     logging.info("Mesh %s on %d devices (%d processes).", dict(mesh.shape), mesh.size,
                  jax.process_count())
     preemption.single = jax.process_count() == 1

@@ -584,7 +584,7 @@ def test_evaluate_cli_digits_branch(tmp_path, monkeypatch):
   samples = tmp_path / "digits.npz"
   np.savez(samples, arr_0=np.zeros((2, 16, 16, 1), np.uint8), arr_1=np.array([3, 4]))
   _evaluate_flags()
-  with flagsaver.flagsaver(samples=str(samples), metrics="digits"):
+  with flagsaver.flagsaver(samples=str(samples), metrics="digits", image_size=16):
     evaluate.main(["evaluate"])
   # The judge's cache: the run's eval_cache beside (or above) the samples, as training fills it.
   assert calls == [((2, 16, 16, 1), [3, 4], str(tmp_path / "eval_cache"))]

@@ -190,6 +190,39 @@ def test_a_save_that_fails_leaves_the_previous_checkpoint(run, monkeypatch):
   assert _listing(run) == ["2", "4"]  # Resumed from 2; the torn save of 4 was cleaned up.
 
 
+def test_orbax_save_tracebacks_are_debug_lines(tmp_path):
+  """A full disk makes each Orbax writer's task fail; asyncio logs every one with its traceback
+  as the tasks are collected, after the run's one line. Those go to debug level."""
+  import logging as std_logging
+  from pra_jax import quiet
+  fake = str(tmp_path / "site-packages" / "orbax" / "checkpoint" / "serialization.py")
+  namespace = {}
+  exec(compile("def write():\n  raise ValueError('Failed writing: File too large')\n", fake,
+               "exec"), namespace)
+  try:
+    namespace["write"]()
+  except ValueError as e:
+    exc_info = (type(e), e, e.__traceback__)
+  seen = []
+  handler = std_logging.Handler()
+  handler.emit = seen.append
+  logger = std_logging.getLogger("asyncio")
+  logger.addHandler(handler)
+  quiet.quiet_library_logs()
+  verbosity = absl_logging.get_verbosity()
+  try:
+    logger.error("Task exception was never retrieved", exc_info=exc_info)
+    assert not seen   # Not shown at the default verbosity.
+    logger.error("an error of pra_jax's own")
+    assert [r.levelname for r in seen] == ["ERROR"]
+    absl_logging.set_verbosity(absl_logging.DEBUG)
+    logger.error("Task exception was never retrieved", exc_info=exc_info)
+    assert [r.levelname for r in seen] == ["ERROR", "DEBUG"]
+  finally:
+    absl_logging.set_verbosity(verbosity)
+    logger.removeHandler(handler)
+
+
 @pytest.mark.parametrize("key,value,match", [
     ("train.lr", -1.0, r"train.lr must be a number in \(0.0, inf\), got -1.0"),
     ("model.backbone.remat_policy", "bogus", "remat_policy must be 'none', 'full'"),

@@ -246,6 +246,7 @@ def test_bad_image_files_are_skipped_counted_and_logged(tmp_path, caplog):
   config = tiny_config(num_steps=2)
   config.data.source = "folder"
   config.data.folder = str(root)
+  config.data.num_classes = 2      # One per class folder: fewer than configured is refused.
   caplog.set_level("WARNING")
   last = train.train_and_evaluate(config, str(tmp_path / "run"))
   assert last["data/bad_images"] >= 2

@@ -14,11 +14,12 @@ from pra_jax import checkpoint, config_check, train
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_module(module, *args, env=None, timeout=300):
-  """Runs `python -m module args` from the repo root; returns the completed process."""
+def run_module(module, *args, env=None):
+  """Runs `python -m module args` from the repo root to its end (no wall-clock limit: a loaded
+  machine would trip it); returns the completed process."""
   full_env = dict(os.environ, PYTHONPATH=REPO, **(env or {}))
   return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=full_env,
-                        capture_output=True, text=True, timeout=timeout)
+                        capture_output=True, text=True)
 
 
 def test_train_checkpoint_resume_sample(tmp_path):
@@ -51,25 +52,6 @@ def test_sampling_a_workdir_without_checkpoint(tmp_path):
   from pra_jax import restore
   with pytest.raises(FileNotFoundError, match="no checkpoint in"):
     restore.restore_for_sampling(tiny.get_config(), str(tmp_path))
-
-
-@pytest.mark.parametrize("module,args,message", [
-    ("pra_jax.main", ["--config.train.num_step=5"],
-     "error: --config.train.num_step: no such config key in configs/tiny.py (did you mean "
-     "train.num_steps?)"),
-    ("pra_jax.main", ["--no_workdir"], "error: --workdir is required"),
-    ("pra_jax.main", ["--config.train.lr=-1"],
-     "error: config train.lr must be a number in (0.0, inf), got -1.0"),
-    ("pra_jax.sample", ["--cfg=-2", "--out=x.npz"], "error: --cfg must be a number in [0.0, inf)"),
-])
-def test_user_errors_are_one_line_and_exit_2(tmp_path, module, args, message):
-  workdir = [] if "--no_workdir" in args else [f"--workdir={tmp_path / 'run'}"]
-  args = [a for a in args if a != "--no_workdir"]
-  proc = run_module(module, "--config=configs/tiny.py", *workdir, *args)
-  assert proc.returncode == 2, proc.stderr[-3000:]
-  lines = proc.stderr.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith(message), proc.stderr[-3000:]
-  assert not os.path.exists(tmp_path / "run")
 
 
 @pytest.mark.parametrize("field,value,match", [

@@ -7,6 +7,7 @@ periodic evaluation.
 import functools
 import hashlib
 import os
+import zipfile
 
 import numpy as np
 from absl import logging
@@ -14,13 +15,105 @@ from absl import logging
 from pra_jax.metrics import fid, inception
 
 
+_SAMPLES_FORMAT = ("arr_0 uint8 images [N, H, W, 1 or 3] and arr_1 int labels [N] (what "
+                   "python -m pra_jax.sample writes)")
+
+
+def npz_headers(path: str, what: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+  """{array name: (shape, dtype)} of an .npz, from the headers alone (a reference batch's
+  images are gigabytes): a missing, empty, truncated or non-.npz file is one ValueError naming
+  `what`, not numpy's or zipfile's words."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{what} not found; expected an existing .npz file")
+  out = {}
+  try:
+    with zipfile.ZipFile(path) as zf:
+      for name in zf.namelist():
+        if name.endswith(".npy"):
+          with zf.open(name) as f:
+            major, _ = np.lib.format.read_magic(f)
+            read = (np.lib.format.read_array_header_1_0 if major == 1
+                    else np.lib.format.read_array_header_2_0)
+            shape, _, dtype = read(f)
+          out[name[:-len(".npy")]] = (tuple(shape), dtype)
+  except (zipfile.BadZipFile, EOFError, ValueError, OSError) as e:
+    raise ValueError(f"{what} is not a readable .npz ({type(e).__name__}: {e}); expected a "
+                     f"file written by numpy.savez") from None
+  return out
+
+
+def check_samples_file(path: str, *, need_labels: bool,
+                       shape_HWC: tuple[int, int, int] | None = None, against: str = "") -> None:
+  """The samples .npz, from its headers: arr_0 uint8 NHWC (of `shape_HWC` when given, which
+  `against` names), and arr_1 int labels of the same length when labels are needed."""
+  what = f"samples file {path!r}"
+  headers = npz_headers(path, what)
+  if "arr_0" not in headers:
+    raise ValueError(f"{what} has no 'arr_0' images (arrays: {sorted(headers)}); expected "
+                     f"{_SAMPLES_FORMAT}")
+  shape, dtype = headers["arr_0"]
+  if dtype != np.uint8:
+    raise ValueError(f"{what}: arr_0 images must be uint8, got {dtype}; expected "
+                     f"{_SAMPLES_FORMAT}")
+  if len(shape) != 4 or shape[-1] not in (1, 3) or shape[0] == 0:
+    raise ValueError(f"{what}: arr_0 images must be uint8 NHWC [N > 0, H, W, 1 or 3], got shape "
+                     f"{shape}")
+  if shape_HWC is not None and tuple(shape[1:]) != tuple(shape_HWC):
+    raise ValueError(f"{what}: arr_0 images are {'x'.join(map(str, shape[1:]))} (H x W x C) but "
+                     f"{against} is {'x'.join(map(str, shape_HWC))}; expected samples of that "
+                     f"resolution and channels")
+  if need_labels:
+    if "arr_1" not in headers:
+      raise ValueError(f"{what} has no arr_1 labels; expected {_SAMPLES_FORMAT}")
+    label_shape, label_dtype = headers["arr_1"]
+    if label_dtype.kind not in "iu" or label_shape != shape[:1]:
+      raise ValueError(f"{what}: arr_1 is {label_dtype} {list(label_shape)}; expected int labels "
+                       f"[{shape[0]}], one per image")
+
+
+def check_reference_file(path: str) -> tuple[int, int, int] | None:
+  """The reference batch from its headers: mu/sigma or arr_0 present, arr_0 uint8 NHWC. Returns
+  its images' (H, W, C), or None when it holds statistics only."""
+  what = f"reference batch --ref={path!r}"
+  headers = npz_headers(path, what)
+  if "mu" not in headers and "arr_0" not in headers:
+    raise ValueError(f"{what} has neither mu/sigma nor arr_0 (arrays: {sorted(headers)}); "
+                     f"expected an ADM reference batch (python -m pra_jax.tools.reference)")
+  if "arr_0" not in headers:
+    return None
+  shape, dtype = headers["arr_0"]
+  if dtype != np.uint8 or len(shape) != 4 or shape[-1] not in (1, 3):
+    raise ValueError(f"{what}: arr_0 is {dtype} {list(shape)}; expected uint8 [N, H, W, 1 or 3]")
+  return tuple(shape[1:])
+
+
+def check_inception_file(path: str) -> None:
+  """The Inception weights from their headers: every array InceptionV3 needs, at its shape."""
+  what = f"Inception weights --inception={path!r}"
+  headers = npz_headers(path, what)
+  expected = inception.weight_shapes()
+  wrong = sorted(n for n, shape in expected.items() if headers.get(n, (None,))[0] != shape)
+  if wrong:
+    raise ValueError(f"{what}: {len(wrong)} of the {len(expected)} arrays are missing or "
+                     f"misshapen (e.g. {wrong[0]!r}); {inception.WEIGHTS_HOWTO}")
+
+
+def run_config_near(samples_path: str) -> tuple[str, dict] | None:
+  """(path, config) of the run whose config.json sits beside the samples or one folder up
+  (where sample.py's default --out and judge_cache look), or None."""
+  from pra_jax import run_record  # Only the CLI's checks read it.
+  folder = os.path.dirname(os.path.abspath(samples_path))
+  for candidate in (folder, os.path.dirname(folder)):
+    config = run_record.read_run_config(candidate)
+    if config is not None:
+      return os.path.join(candidate, run_record.CONFIG_FILE), config
+  return None
+
+
 def load_samples(path: str) -> tuple[np.ndarray, np.ndarray | None]:
   """(images uint8 [N, H, W, C], labels [N] or None) from a samples .npz."""
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"samples file {path!r} not found")
+  check_samples_file(path, need_labels=False)
   with np.load(path, allow_pickle=False) as npz:
-    if "arr_0" not in npz.files:
-      raise ValueError(f"samples file {path!r} has no 'arr_0' images (keys: {npz.files})")
     images = fid.check_images(npz["arr_0"], f"samples file {path!r}")
     labels = npz["arr_1"] if "arr_1" in npz.files else None
   if labels is not None and labels.shape != images.shape[:1]:

@@ -19,7 +19,7 @@ import numpy as np
 from flax import traverse_util
 from absl import logging
 
-from pra_jax import checkpoint, config_check, restore
+from pra_jax import checkpoint, cli, config_check, restore
 from pra_jax.sampling import ar_loop, chunk_store, data_parallel, grids
 
 PER_CLASS = 50           # ADM's protocol: 50 samples per class, 50,000 for 1000 classes.
@@ -206,7 +206,8 @@ def sample_to_npz(config, workdir: str, out: str, **kwargs) -> dict:
   the chunk folder, then merged into the ADM .npz and a PNG grid beside it (see plan_run for
   the arguments). A rerun skips committed chunks and writes the same bytes as an uninterrupted
   run; a SIGTERM stops every process after the chunk at hand ('preempted' in the result)."""
-  plan = plan_run(config, workdir, out, **kwargs)
+  with cli.user_input():  # Every argument is checked there, before anything runs.
+    plan = plan_run(config, workdir, out, **kwargs)
   done = chunk_store.finished_chunks(plan.chunk_dir, plan.num_chunks)
   done = data_parallel.broadcast_from_process_0(done)
   todo = [c for c in range(plan.num_chunks) if not done[c]]

@@ -426,6 +426,42 @@ def _one_run(run: Run, base, workdir: str, run_dir: str, num_steps: int, ev: Eva
           "scores": scores, "error": None}
 
 
+@dataclasses.dataclass
+class CheckedStudy:
+  """A study's resolved runs, whose run folders' budgets agree (and configs are valid, when
+  check_study was asked to validate)."""
+  base: Any
+  runs: list
+  dirs: dict        # Resolved config JSON -> the run folder that trains it.
+  num_steps: int
+
+
+def check_study(base, workdir: str, *, modes=None, sigmas=None, state_dims=None, seeds=None,
+                seeded_modes=None, num_steps: int | None = None, quick: bool = False,
+                validate: bool = False) -> CheckedStudy:
+  """Resolves the study's runs and checks their folders' budgets before anything is written or
+  trains. validate=True (the command line) also refuses a run whose config is invalid; the
+  library reports such a run as failed and goes on with the rest."""
+  base = base.copy_and_resolve_references()
+  study = default_study(base)
+  if quick:
+    base.sample.num_steps = min(base.sample.num_steps, 2)
+  num_steps = num_steps or (QUICK_STEPS if quick else study.num_steps)
+  runs = plan(base, modes, sigmas, state_dims, seeds, seeded_modes)
+  dirs = {}
+  for run in runs:
+    config = run_config(base, run, num_steps)
+    if validate:
+      try:
+        config_check.validate(config)
+      except ValueError as e:
+        raise ValueError(f"run {run.name}: {e}") from None
+    dirs.setdefault(config.to_json(), run.name)
+  for config_json, run_dir in dirs.items():
+    check_budget(os.path.join(workdir, run_dir), num_steps, config_json)
+  return CheckedStudy(base, runs, dirs, num_steps)
+
+
 def run_study(base, workdir: str, *, modes=None, sigmas=None, state_dims=None, seeds=None,
               seeded_modes=None, num_steps: int | None = None, quick: bool = False,
               judge_cache: str | None = None, ev: Eval | None = None) -> dict:
@@ -437,21 +473,15 @@ def run_study(base, workdir: str, *, modes=None, sigmas=None, state_dims=None, s
   the study retries it from its last checkpoint.
   """
   start = time.time()
-  base = base.copy_and_resolve_references()
+  checked = check_study(base, workdir, modes=modes, sigmas=sigmas, state_dims=state_dims,
+                        seeds=seeds, seeded_modes=seeded_modes, num_steps=num_steps, quick=quick)
+  base, runs, dirs, num_steps = checked.base, checked.runs, checked.dirs, checked.num_steps
   study = default_study(base)
-  if quick:
-    base.sample.num_steps = min(base.sample.num_steps, 2)
-  num_steps = num_steps or (QUICK_STEPS if quick else study.num_steps)
   ev = ev or (QUICK_EVAL if quick else Eval(gap_images=study.gap_images))
   judge_cache = judge_cache or os.path.join(workdir, "judge_cache")
+  done, rows = {}, []
   os.makedirs(workdir, exist_ok=True)
-  runs = plan(base, modes, sigmas, state_dims, seeds, seeded_modes)
   print(f"[ablate] {len(runs)} runs of {num_steps} steps in {workdir}", flush=True)
-  dirs, done, rows = {}, {}, []
-  for run in runs:
-    dirs.setdefault(run_config(base, run, num_steps).to_json(), run.name)
-  for config_json, run_dir in dirs.items():  # Before anything trains: one clear error.
-    check_budget(os.path.join(workdir, run_dir), num_steps, config_json)
   for run in runs:
     run_dir = dirs[run_config(base, run, num_steps).to_json()]
     if run_dir not in done:

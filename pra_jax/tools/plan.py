@@ -32,7 +32,7 @@ if __name__ == "__main__" and "jax" not in sys.modules:
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from pra_jax import memory_plan  # noqa: E402
+from pra_jax import cli, memory_plan  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py", "Config to plan.")
 _DEVICES = flags.DEFINE_integer("devices", 1, "Fake CPU devices to compile for.")
@@ -52,7 +52,13 @@ _BUDGET_GIB = flags.DEFINE_float("budget_gib", 16.0, "Per-device memory to check
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
+  for name, value in (("devices", _DEVICES.value), ("batch", _BATCH.value),
+                      *(("accum", a) for a in _ACCUM.value)):
+    if value is not None and value < 1:
+      cli.usage_error(f"--{name} must be a positive integer, got {value}")
+  if not 0 < _BUDGET_GIB.value < float("inf"):
+    cli.usage_error(f"--budget_gib must be a positive number, got {_BUDGET_GIB.value}")
   config = _CONFIG.value
   name = os.path.splitext(os.path.basename(
       config_flags.get_config_filename(flags.FLAGS["config"])))[0]
@@ -60,18 +66,27 @@ def main(argv):
     config.train.batch_size = _BATCH.value
   if _SCAN_LAYERS.value is not None:
     config.model.backbone.scan_layers = _SCAN_LAYERS.value
-  meshes = [memory_plan.parse_mesh(m) for m in _MESH.value] or [dict(config.sharding.mesh)]
+  with cli.user_input():
+    try:
+      meshes = [memory_plan.parse_mesh(m) for m in _MESH.value] or [dict(config.sharding.mesh)]
+    except ValueError as e:   # int('x') says nothing of the flag.
+      raise ValueError(f"--mesh={','.join(_MESH.value)}: {e}; expected e.g. "
+                       f"data=8,fsdp=8,tensor=1") from None
   remats = _REMAT.value or [config.model.backbone.remat_policy]
   accums = _ACCUM.value or [config.train.grad_accum_steps]
+  rows = [(mesh_cfg, accum, remat) for mesh_cfg in meshes for accum in accums for remat in remats]
+  with cli.user_input():   # Every row's settings, before the first one compiles.
+    for mesh_cfg, accum, remat in rows:
+      config.model.backbone.remat_policy = remat
+      config.train.grad_accum_steps = accum
+      memory_plan.check(config, _DEVICES.value, mesh_cfg)
   print(memory_plan.HEADER, flush=True)
-  for mesh_cfg in meshes:
-    for accum in accums:
-      for remat in remats:
-        config.model.backbone.remat_policy = remat
-        config.train.grad_accum_steps = accum
-        result = memory_plan.plan(config, _DEVICES.value, mesh_cfg, budget_gib=_BUDGET_GIB.value)
-        print(memory_plan.format_row(name, result), flush=True)
+  for mesh_cfg, accum, remat in rows:
+    config.model.backbone.remat_policy = remat
+    config.train.grad_accum_steps = accum
+    result = memory_plan.plan(config, _DEVICES.value, mesh_cfg, budget_gib=_BUDGET_GIB.value)
+    print(memory_plan.format_row(name, result), flush=True)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(cli.one_line_errors(main), flags_parser=cli.parse_flags)

@@ -9,9 +9,12 @@ mu, sigma (pool_3) and mu_s, sigma_s (sFID's spatial features) of all the images
 seeded random subset of --num_pr_images of them for precision/recall (0 = no arr_0).
 """
 
+import os
+
 from absl import app, flags
 
-from pra_jax.metrics import fid, inception
+from pra_jax import cli
+from pra_jax.metrics import fid, inception, scoring
 
 
 _IMAGES = flags.DEFINE_string("images", None,
@@ -29,15 +32,22 @@ _REQUIRED = {"images": _IMAGES, "inception": _INCEPTION, "out": _OUT}
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
   for name, holder in _REQUIRED.items():
     if not holder.value:
-      raise app.UsageError(f"--{name} is required")
+      cli.usage_error(f"--{name} is required")
   if _NUM_PR_IMAGES.value < 0 or _BATCH_SIZE.value < 1:
-    raise app.UsageError(f"--num_pr_images must be >= 0 and --batch_size >= 1, got "
-                         f"{_NUM_PR_IMAGES.value}, {_BATCH_SIZE.value}")
-  images = fid.load_images(_IMAGES.value)  # Read first: a bad folder fails before any compile.
-  model = inception.load_inception(_INCEPTION.value)
+    cli.usage_error(f"--num_pr_images must be >= 0 and --batch_size >= 1, got "
+                             f"{_NUM_PR_IMAGES.value}, {_BATCH_SIZE.value}")
+  with cli.user_input():
+    out_dir = os.path.dirname(os.path.abspath(_OUT.value))
+    if not os.path.isdir(out_dir):
+      raise FileNotFoundError(f"--out={_OUT.value}: folder {out_dir} does not exist")
+    if not os.path.isdir(_IMAGES.value):
+      scoring.check_samples_file(_IMAGES.value, need_labels=False)   # Headers: no zip errors.
+    scoring.check_inception_file(_INCEPTION.value)
+    images = fid.load_images(_IMAGES.value)  # Read first: a bad folder fails before a compile.
+    model = inception.load_inception(_INCEPTION.value)
   ref = fid.compute_reference(images, model, _OUT.value, _BATCH_SIZE.value, _NUM_PR_IMAGES.value,
                               _SEED.value)
   kept = len(ref["arr_0"]) if "arr_0" in ref else 0
@@ -45,4 +55,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(cli.one_line_errors(main), flags_parser=cli.parse_flags)
