@@ -1,15 +1,18 @@
 """The train-inference gap of a trained run on held-out images (pra_jax/studies/rollout_gap.py says
 what each number means).
 
-  python -m pra_jax.gap --config=configs/demo.py --workdir=DIR
+  python -m pra_jax.gap --workdir=DIR
 """
 
 from absl import app, flags
 from ml_collections import config_flags
 
+from pra_jax import checkpoint, config_check
 from pra_jax.studies import rollout_gap
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file of the trained run.")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file of the trained run (default: the run's own, "
+    "WORKDIR/config.json).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory with checkpoints.")
 _OUTDIR = flags.DEFINE_string("outdir", None,
                               "Where the PNG, JSON and events go (default WORKDIR/gap).")
@@ -31,12 +34,14 @@ _RAW_WEIGHTS = flags.DEFINE_bool("raw_weights", False, "Measure the raw weights,
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if _CONFIG.value is None or _WORKDIR.value is None:
-    raise app.UsageError("--config and --workdir are required")
+  if _WORKDIR.value is None:
+    raise app.UsageError("--workdir is required")
   unknown = set(_KINDS.value) - set(rollout_gap.KINDS)
   if unknown:
     raise app.UsageError(f"--kinds must be among {rollout_gap.KINDS}, got {sorted(unknown)}")
-  result, png = rollout_gap.run(_CONFIG.value, _WORKDIR.value, outdir=_OUTDIR.value,
+  with config_check.user_input():
+    config = checkpoint.config_or_recorded(_CONFIG.value, _WORKDIR.value)
+  result, png = rollout_gap.run(config, _WORKDIR.value, outdir=_OUTDIR.value,
                         num_images=_NUM_IMAGES.value, noise_draws=_NOISE_DRAWS.value,
                         num_rollouts=_NUM_ROLLOUTS.value, seed=_SEED.value,
                         use_ema=not _RAW_WEIGHTS.value, kinds=tuple(_KINDS.value),
@@ -50,4 +55,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(config_check.cli(main), flags_parser=config_check.parse_flags)

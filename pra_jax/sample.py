@@ -1,6 +1,6 @@
 """Sampling from a trained run: ADM-format .npz plus a PNG grid (one row per class).
 
-  python -m pra_jax.sample --config=configs/demo.py --workdir=DIR --out=s.npz   # 50 per class
+  python -m pra_jax.sample --workdir=DIR --out=s.npz   # 50 per class, the run's own config
 
 Data-parallel over every device of every process (the same command on each host; see the
 README's "Sampling at scale"), resumable chunk by chunk, and image k depends only on (seed, k):
@@ -13,11 +13,12 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from pra_jax import config_check, distributed
+from pra_jax import checkpoint, config_check, distributed
 
 from pra_jax.sampling import resumable_job
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file of the run.")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file of the run (default: the run's own, WORKDIR/config.json).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory with checkpoints.")
 _NUM_IMAGES = flags.DEFINE_integer(
     "num_images", None,
@@ -45,11 +46,12 @@ _DISTRIBUTED = distributed.define_flags()   # --distributed, --coordinator_addre
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if _CONFIG.value is None or _WORKDIR.value is None or _OUT.value is None:
-    raise app.UsageError("--config, --workdir and --out are required")
+  if _WORKDIR.value is None or _OUT.value is None:
+    raise app.UsageError("--workdir and --out are required")
   if not _OUT.value.endswith(".npz"):
     raise app.UsageError(f"--out must name a .npz file, got {_OUT.value}")
   with config_check.user_input():  # Before anything compiles.
+    config = checkpoint.config_or_recorded(_CONFIG.value, _WORKDIR.value)
     if _NUM_IMAGES.value is not None:   # None: 50 per class (ADM's protocol).
       config_check.check_number("--num_images", _NUM_IMAGES.value, 1, float("inf"))
     if _CFG.value is not None:
@@ -59,7 +61,7 @@ def main(argv):
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count())
   result = resumable_job.sample_to_npz(
-      _CONFIG.value, _WORKDIR.value, _OUT.value, num_images=_NUM_IMAGES.value,
+      config, _WORKDIR.value, _OUT.value, num_images=_NUM_IMAGES.value,
       classes=[int(c) for c in _CLASSES.value] if _CLASSES.value else None, seed=_SEED.value,
       cfg=_CFG.value, temperature=_TEMPERATURE.value, steps=_STEPS.value,
       use_ema=not _RAW_WEIGHTS.value, per_device_batch=_PER_DEVICE_BATCH.value,

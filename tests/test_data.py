@@ -383,15 +383,20 @@ def test_folder_errors(tmp_path):
     data.make_source(_cfg(source="folder", folder=str(tmp_path / "empty")), "train")
 
 
-def test_tfds_errors(tmp_path):
+def test_tfds_errors(tmp_path, monkeypatch):
   missing = str(tmp_path / "nowhere")
-  with pytest.raises(FileNotFoundError, match=re.escape(missing)):
+  with pytest.raises(FileNotFoundError, match=re.escape(f"{missing!r} (data.tfds_data_dir)")):
     data.make_source(_tfds_cfg(tfds_data_dir=missing), "train")
-  # Nothing built in an empty data dir: the message carries the command that builds it.
-  build = (f"tfds build imagenet2012 --manual_dir=DIR --file_format=array_record "
-           f"--data_dir={tmp_path}")
+  # Nothing built in an empty data dir: the message names the dir and carries the command that
+  # builds the records there.
+  build = (f"python -m pra_jax.tools.build_imagenet --manual_dir=DIR --data_dir={tmp_path}")
   with pytest.raises(ValueError, match=re.escape(build)):
     data.make_source(_tfds_cfg(tfds_data_dir=str(tmp_path)), "train")
   with pytest.raises(ValueError, match="TFDS has no dataset named 'no_such_set'"):
     data.make_source(_tfds_cfg(tfds_name="no_such_set", tfds_data_dir=str(tmp_path)),
                      "train")
+  # No data.tfds_data_dir: the error names the dir TFDS_DATA_DIR chose, not "the default".
+  monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
+  with pytest.raises(ValueError, match=re.escape(f"in the data dir {str(tmp_path)!r} "
+                                                 f"($TFDS_DATA_DIR)")):
+    data.make_source(_tfds_cfg(), "train")
