@@ -4,6 +4,7 @@ TFDS's real imagenet2012 builder to array_record, then pra_s.py (shrunk) trained
 records, the eval iterator, and a reference batch streamed from the validation split."""
 
 import io
+import logging
 import os
 import subprocess
 import sys
@@ -82,12 +83,16 @@ def _config(data_dir, num_steps):
   return c
 
 
-def test_pra_s_trains_from_the_built_records_and_reads_the_eval_split(records, tmp_path):
+def test_pra_s_trains_from_the_built_records_and_reads_the_eval_split(records, tmp_path,
+                                                                     caplog):
   cfg = _config(records, 2)
   assert (cfg.data.source, cfg.data.tfds_name, cfg.data.eval_split) == (
       "tfds", "imagenet2012", "validation")
   train_src = data.make_source(cfg.data, "train")
   assert len(train_src) == len(SYNSETS) * PER_SYNSET
+  with caplog.at_level(logging.INFO):
+    train_src[0]   # JPEG bytes decoded by PIL here, not by TFDS (which logs for OpenCV).
+  assert "OpenCV" not in caplog.text
   labels = sorted(int(train_src[i]["label"]) for i in range(len(train_src)))
   assert labels == [c for c in range(len(SYNSETS)) for _ in range(PER_SYNSET)]
   example = train_src[0]

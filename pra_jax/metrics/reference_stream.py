@@ -4,6 +4,8 @@ subset written into the .npz as its images stream past.
 
 The file is the one fid.compute_reference writes for the same images (mu, sigma, mu_s, sigma_s of
 all of them; arr_0 the same seeded sorted subset), so pra_jax.evaluate reads either.
+
+Dimension legend (pra_jax's table): B batch, H/W/C image height/width/channels, D feature width.
 """
 
 import time
@@ -34,16 +36,16 @@ class RunningMoments:
     self._sum_D = np.zeros(dim, np.float64)
     self._outer_DD = np.zeros((dim, dim), np.float64)
 
-  def add(self, rows_ND) -> None:
-    x_ND = np.asarray(rows_ND, np.float64)
-    if x_ND.ndim != 2 or x_ND.shape[1] != len(self._sum_D):
-      raise ValueError(f"rows must be [n, {len(self._sum_D)}], got shape {x_ND.shape}")
+  def add(self, rows_BD) -> None:
+    x_BD = np.asarray(rows_BD, np.float64)
+    if x_BD.ndim != 2 or x_BD.shape[1] != len(self._sum_D):
+      raise ValueError(f"rows must be [n, {len(self._sum_D)}], got shape {x_BD.shape}")
     if self._shift_D is None:
-      self._shift_D = x_ND.mean(axis=0)
-    centred_ND = x_ND - self._shift_D
-    self._sum_D += centred_ND.sum(axis=0)
-    self._outer_DD += centred_ND.T @ centred_ND
-    self.count += len(x_ND)
+      self._shift_D = x_BD.mean(axis=0)
+    centred_BD = x_BD - self._shift_D
+    self._sum_D += centred_BD.sum(axis=0)
+    self._outer_DD += centred_BD.T @ centred_BD
+    self.count += len(x_BD)
 
   def statistics(self) -> tuple[np.ndarray, np.ndarray]:
     if self.count < 2:

@@ -118,6 +118,7 @@ def plan_run(config, workdir: str, out: str, *, num_images=None, classes=None, s
   step = available[-1] if checkpoint_step is None else checkpoint_step
   if step not in available:
     raise ValueError(f"--checkpoint_step={step}: {ckpt.directory} holds steps {available}")
+  checkpoint.check_readable(workdir, config)   # Another run's config (a seed, a size): refused.
   # The chunk size fixes the folder's layout: a rerun keeps the recorded one, whatever its
   # device count (the first run's default is one global batch).
   if chunk_size is None:

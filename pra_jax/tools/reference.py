@@ -39,11 +39,15 @@ def _from_records(config, model) -> str:
   """Streams the config's held-out split through Inception into --out."""
   split = config.data.eval_split
   num_images = len(data.make_source(config.data, split))
-  batches = (b["image"] for b in data.make_eval_iterator(
-      config.data, local_batch_size=_BATCH_SIZE.value, process_index=0, process_count=1))
-  ref = reference_stream.write_reference(
-      batches, num_images, reference_stream.inception_features(model, _BATCH_SIZE.value),
-      _OUT.value, _NUM_PR_IMAGES.value, _SEED.value)
+  iterator = data.make_eval_iterator(config.data, local_batch_size=_BATCH_SIZE.value,
+                                     process_index=0, process_count=1)
+  try:
+    ref = reference_stream.write_reference(
+        (b["image"] for b in iterator), num_images,
+        reference_stream.inception_features(model, _BATCH_SIZE.value), _OUT.value,
+        _NUM_PR_IMAGES.value, _SEED.value)
+  finally:
+    iterator.close()   # grain workers (data.worker_count) unlink their shared memory.
   return (f"mu/sigma and mu_s/sigma_s of the {num_images} images of {config.data.tfds_name} "
           f"{split!r} (data.source={config.data.source}), {ref['num_pr_images']} as arr_0")
 
