@@ -16,7 +16,7 @@ from PIL import Image
 
 import factories as F
 from pra_jax import data, tfds_records, train
-from pra_jax.metrics import fid, inception, reference_stream
+from pra_jax.metrics import fid, inception, streamed_reference
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The first three synsets of imagenet2012's label file: labels 0, 1, 2.
@@ -107,7 +107,7 @@ def test_pra_s_trains_from_the_built_records_and_reads_the_eval_split(records, t
                                          process_count=1))
   assert [len(b["label"]) for b in batches] == [4, 4, 2]
   images = np.concatenate([b["image"] for b in batches])
-  assert images.shape == (NUM_VAL, 32, 32, 3) and not np.any([b["bad"] for b in batches])
+  assert images.shape == (NUM_VAL, 32, 32, 3) and not any(b["bad"].any() for b in batches)
   assert all(0 <= int(l) < 1000 for b in batches for l in b["label"])
   # Decoded from the stored JPEG bytes with PIL, then ADM's resize and centre crop.
   import tensorflow_datasets as tfds
@@ -138,7 +138,7 @@ def test_reference_batch_streams_from_the_validation_records(records, tmp_path):
   cfg.data.image_size = 256
   images = np.concatenate([b["image"] for b in data.make_eval_iterator(
       cfg.data, local_batch_size=4, process_index=0, process_count=1)])
-  np.testing.assert_array_equal(ref["images"], images[reference_stream.pr_subset(NUM_VAL, 4, 0)])
+  np.testing.assert_array_equal(ref["images"], images[streamed_reference.pr_subset(NUM_VAL, 4, 0)])
 
 
 def test_build_errors_name_the_folder(tmp_path):

@@ -19,7 +19,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from pra_jax import config_check, data
-from pra_jax.metrics import fid, inception, reference_stream
+from pra_jax.metrics import fid, inception, streamed_reference
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config whose data section names the records (its data.eval_split is read).")
@@ -42,12 +42,12 @@ def _from_records(config, model) -> str:
   iterator = data.make_eval_iterator(config.data, local_batch_size=_BATCH_SIZE.value,
                                      process_index=0, process_count=1)
   try:
-    ref = reference_stream.write_reference(
+    ref = streamed_reference.write_reference(
         (b["image"] for b in iterator), num_images,
-        reference_stream.inception_features(model, _BATCH_SIZE.value), _OUT.value,
+        streamed_reference.inception_features(model, _BATCH_SIZE.value), _OUT.value,
         _NUM_PR_IMAGES.value, _SEED.value)
   finally:
-    iterator.close()   # grain workers (data.worker_count) unlink their shared memory.
+    iterator.close()
   return (f"mu/sigma and mu_s/sigma_s of the {num_images} images of {config.data.tfds_name} "
           f"{split!r} (data.source={config.data.source}), {ref['num_pr_images']} as arr_0")
 

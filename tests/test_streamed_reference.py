@@ -1,4 +1,4 @@
-"""The streamed reference batch (metrics/reference_stream.py): running float64 moments equal
+"""The streamed reference batch (metrics/streamed_reference.py): running float64 moments equal
 np.cov's, and the .npz it writes batch by batch is the one fid.compute_reference writes, read by
 the evaluator's own loader. Features here are a fixed random projection (no Inception compile):
 what is tested is the streaming, not the network."""
@@ -6,7 +6,7 @@ what is tested is the streaming, not the network."""
 import numpy as np
 import pytest
 
-from pra_jax.metrics import fid, inception, reference_stream
+from pra_jax.metrics import fid, inception, streamed_reference
 
 
 def _images(n, seed=0):
@@ -24,7 +24,7 @@ def _projection(seed=1):
 
 def test_running_moments_equal_np_cov_over_uneven_batches():
   rows = np.random.default_rng(2).normal(loc=30.0, size=(103, 5))
-  moments = reference_stream.RunningMoments(5)
+  moments = streamed_reference.RunningMoments(5)
   for start in (0, 1, 40, 77):   # Batches of 1, 39, 37 and 26 rows.
     moments.add(rows[start:{0: 1, 1: 40, 40: 77, 77: 103}[start]])
   mu, sigma = moments.statistics()
@@ -38,7 +38,7 @@ def test_streamed_reference_is_the_file_compute_reference_writes(tmp_path):
   images, features = _images(23), _projection()
   out = str(tmp_path / "ref.npz")
   batches = (images[s:s + 5] for s in range(0, len(images), 5))   # The last one of 3.
-  got = reference_stream.write_reference(batches, len(images), features, out, num_pr_images=6,
+  got = streamed_reference.write_reference(batches, len(images), features, out, num_pr_images=6,
                                          seed=4)
   pool, spatial = features(images)
   ref = fid.load_reference(out)
@@ -53,10 +53,10 @@ def test_streamed_reference_is_the_file_compute_reference_writes(tmp_path):
   np.testing.assert_array_equal(ref["images"], images[keep])
   assert got["num_images"] == 23 and got["num_pr_images"] == 6
 
-  reference_stream.write_reference(iter([images[:5], images[5:]]), len(images), features,
+  streamed_reference.write_reference(iter([images[:5], images[5:]]), len(images), features,
                                    str(tmp_path / "stats_only.npz"), num_pr_images=0)
   assert sorted(np.load(tmp_path / "stats_only.npz").files) == ["mu", "mu_s", "sigma", "sigma_s"]
   with pytest.raises(ValueError, match="gave 5 images, expected 23"):
-    reference_stream.write_reference(iter([images[:5]]), len(images), features,
+    streamed_reference.write_reference(iter([images[:5]]), len(images), features,
                                      str(tmp_path / "short.npz"))
   assert not (tmp_path / "short.npz").exists()
