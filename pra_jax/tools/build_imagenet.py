@@ -30,7 +30,8 @@ def main(argv):
   built = tfds_records.build_imagenet(_MANUAL_DIR.value, _DATA_DIR.value)
   counts = ", ".join(f"{name} {n}" for name, n in sorted(built["splits"].items()))
   print(f"imagenet2012 in {built['dir']} ({counts} examples; {built['seconds']:.1f} s). "
-        f"Train with --config.data.tfds_data_dir={built['data_dir']}", flush=True)
+        f"Train with TFDS_DATA_DIR={built['data_dir']} or "
+        f"--config.data.tfds_data_dir={built['data_dir']}", flush=True)
 
 
 if __name__ == "__main__":
