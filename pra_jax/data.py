@@ -49,6 +49,9 @@ _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError
 # so it bounds host memory at _READ_BUFFER_BATCHES * local batch.
 _READ_THREADS = 8
 _READ_BUFFER_BATCHES = 16
+# Arrays below this many bytes travel from grain's worker processes pickled, not in shared
+# memory: all of them (see _to_iterator).
+_NO_SHARED_MEMORY = 2**62
 
 
 def load_digits_split(split: str, image_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -493,14 +496,21 @@ def _random_flip(example: dict[str, np.ndarray], rng: np.random.Generator) -> di
   return example
 
 
-def _to_iterator(batches: grain.MapDataset, data_cfg: ml_collections.ConfigDict, *,
-                 worker_processes: bool = True) -> grain.DatasetIterator:
+def _to_iterator(batches: grain.MapDataset,
+                 data_cfg: ml_collections.ConfigDict) -> grain.DatasetIterator:
   # Batching before to_iter_dataset makes whole batches the unit of work: workers take
   # batches round-robin, so the stream is the same for any worker_count. The state's
   # format still depends on worker_count: keep it fixed across a resume.
   ds = batches.to_iter_dataset(
       grain.ReadOptions(num_threads=_READ_THREADS, prefetch_buffer_size=_READ_BUFFER_BATCHES))
-  if worker_processes and data_cfg.worker_count > 0:
+  if data_cfg.worker_count > 0:
+    # Batches come back from the workers pickled through grain's queue, not in shared memory:
+    # grain 0.2.18 unlinks a shared-memory batch when its array is collected, from a background
+    # thread, and batches alive near exit (the last of a pass, those a closed iterator held)
+    # are never unlinked; the resource tracker reports them ("There appear to be 3 leaked
+    # shared_memory objects") at every exit. Pickling costs one more copy of each batch.
+    ds = grain.experimental.WithOptionsIterDataset(
+        ds, grain.experimental.DatasetOptions(min_shm_size=_NO_SHARED_MEMORY))
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=data_cfg.worker_count, per_worker_buffer_size=data_cfg.worker_buffer_size))
   return iter(ds)
@@ -530,7 +540,7 @@ def make_train_iterator(data_cfg: ml_collections.ConfigDict, *, local_batch_size
 def make_eval_iterator(data_cfg: ml_collections.ConfigDict, *, local_batch_size: int,
                        process_index: int, process_count: int) -> grain.DatasetIterator:
   """One ordered pass over this process's shard of the held-out split (data.eval_split), the
-  last partial batch kept, read by threads in this process (never data.worker_count processes).
+  last partial batch kept.
 
   Shards differ by at most one example, so processes may see different batch counts.
   """
@@ -538,11 +548,4 @@ def make_eval_iterator(data_cfg: ml_collections.ConfigDict, *, local_batch_size:
     raise ValueError(f"local_batch_size must be positive, got {local_batch_size}")
   source = make_source(data_cfg, data_cfg.eval_split)
   ds = _shard(grain.MapDataset.source(source), process_index, process_count)
-  # No worker processes: their batches arrive in shared memory that grain unlinks when the
-  # array is collected, from a background thread. A pass over a held-out split ends with its
-  # last batches still alive (kept by the caller, or freed as the program exits), and those are
-  # never unlinked: the resource tracker reports them at exit ("There appear to be 6 leaked
-  # shared_memory objects" after a pass with 2 workers, close() or not). The split is read
-  # once, so threads in this process lose little.
-  return _to_iterator(ds.batch(local_batch_size, drop_remainder=False), data_cfg,
-                      worker_processes=False)
+  return _to_iterator(ds.batch(local_batch_size, drop_remainder=False), data_cfg)
