@@ -16,6 +16,8 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
+from pra_jax import tfds_records
+
 # The digits demo set (scikit-learn's 1797 real 8x8 scans, 10 classes) is split once, by a
 # fixed permutation, so every run and every metric sees the same held-out images.
 DIGITS_NUM_CLASSES = 10
@@ -47,6 +49,9 @@ _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError
 # so it bounds host memory at _READ_BUFFER_BATCHES * local batch.
 _READ_THREADS = 8
 _READ_BUFFER_BATCHES = 16
+# Arrays below this many bytes travel from grain's worker processes pickled, not in shared
+# memory: all of them (see _to_iterator).
+_NO_SHARED_MEMORY = 2**62
 
 
 def load_digits_split(split: str, image_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -427,34 +432,32 @@ class TfdsSource(_DecodingSource):
     return f"TfdsSource({self._desc!r}, n={len(self)})"
 
 
-def _tfds_build_hint(name: str, data_dir: str | None) -> str:
-  import tensorflow_datasets as tfds  # Imported lazily: only the TFDS source needs it.
-
-  data_dir = data_dir or os.environ.get("TFDS_DATA_DIR") or tfds.core.constants.DATA_DIR
-  return (f"tfds build {name} --manual_dir=DIR --file_format=array_record --data_dir={data_dir}"
-          f"  (DIR holds the manual downloads, for imagenet2012 ILSVRC2012_img_train.tar and "
-          f"ILSVRC2012_img_val.tar)")
-
-
 def _open_tfds(data_cfg: ml_collections.ConfigDict, split: str) -> Any:
   import tensorflow_datasets as tfds  # Imported lazily: only the TFDS source needs it.
 
-  # tfds_data_dir '' is unset: TFDS then reads $TFDS_DATA_DIR, else its default.
-  name, data_dir = data_cfg.tfds_name, data_cfg.tfds_data_dir or None
-  if data_dir is not None and not os.path.isdir(data_dir):
-    raise FileNotFoundError(f"TFDS data dir {data_dir!r} (data.tfds_data_dir) does not exist; "
-                            f"build the dataset there with: {_tfds_build_hint(name, data_dir)}")
+  # tfds_data_dir '' is unset: then $TFDS_DATA_DIR, else TFDS's default.
+  name = data_cfg.tfds_name
+  data_dir, chosen_by = tfds_records.data_dir(data_cfg.tfds_data_dir or None)
+  where = f"data dir {data_dir!r} ({chosen_by})"
+  build = tfds_records.build_command(name, data_dir)
+  # A bucket (gs://...) is left to TFDS to open: os.path knows only local folders.
+  if "://" not in data_dir and not os.path.isdir(data_dir):
+    raise FileNotFoundError(f"TFDS {where} does not exist; build {name} there with: {build}")
   try:
-    # download=False: a missing dataset must be an error here, not a download attempt.
-    return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    # download=False: a missing dataset must be an error here, not a download attempt. The
+    # images come as their stored JPEG bytes, decoded by PIL in TfdsSource as ADM decodes them
+    # (TFDS would decode with OpenCV where it is installed, and log that it is not elsewhere).
+    return tfds.data_source(name, split=split, data_dir=data_dir, download=False,
+                            decoders={"image": tfds.decode.SkipDecoding()})
   except tfds.core.registered.DatasetNotFoundError as e:
     raise ValueError(f"TFDS has no dataset named {name!r} (data.tfds_name)") from e
   except (NotImplementedError, AssertionError, FileNotFoundError, KeyError) as e:
     # TFDS words a missing build as "random access for TFRECORD is not supported" (empty
     # data dir) or "splits is empty" (no data dir); its own words follow ours.
     raise ValueError(f"TFDS dataset {name!r} split {split!r} is not built as array_record in "
-                     f"{data_dir or 'the default data dir'}; build it with: "
-                     f"{_tfds_build_hint(name, data_dir)}. TFDS said: {e}") from e
+                     f"the {where}; build it with: {build}. (Set the data dir with "
+                     f"--config.data.tfds_data_dir=DIR or TFDS_DATA_DIR=DIR.) TFDS said: "
+                     f"{e}") from e
 
 
 def _folder_classes(data_cfg: ml_collections.ConfigDict) -> list[str]:
@@ -537,6 +540,13 @@ def _to_iterator(batches: grain.MapDataset,
   ds = batches.to_iter_dataset(
       grain.ReadOptions(num_threads=_READ_THREADS, prefetch_buffer_size=_READ_BUFFER_BATCHES))
   if data_cfg.worker_count > 0:
+    # Batches come back from the workers pickled through grain's queue, not in shared memory:
+    # grain 0.2.18 unlinks a shared-memory batch when its array is collected, from a background
+    # thread, and batches alive near exit (the last of a pass, those a closed iterator held)
+    # are never unlinked; the resource tracker reports them ("There appear to be 3 leaked
+    # shared_memory objects") at every exit. Pickling costs one more copy of each batch.
+    ds = grain.experimental.WithOptionsIterDataset(
+        ds, grain.experimental.DatasetOptions(min_shm_size=_NO_SHARED_MEMORY))
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=data_cfg.worker_count, per_worker_buffer_size=data_cfg.worker_buffer_size))
   return iter(ds)

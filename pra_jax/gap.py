@@ -1,16 +1,18 @@
 """The train-inference gap of a trained run on held-out images (pra_jax/studies/rollout_gap.py says
 what each number means).
 
-  python -m pra_jax.gap --config=configs/demo.py --workdir=DIR
+  python -m pra_jax.gap --workdir=DIR
 """
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from pra_jax import cli
+from pra_jax import cli, run_record
 from pra_jax.studies import rollout_gap
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file of the trained run.")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file of the trained run (default: the run's own, "
+    "WORKDIR/config.json).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory with checkpoints.")
 _OUTDIR = flags.DEFINE_string("outdir", None,
                               "Where the PNG, JSON and events go (default WORKDIR/gap).")
@@ -32,8 +34,8 @@ _RAW_WEIGHTS = flags.DEFINE_bool("raw_weights", False, "Measure the raw weights,
 def main(argv):
   if len(argv) > 1:
     cli.usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
-  if _CONFIG.value is None or _WORKDIR.value is None:
-    cli.usage_error("--config and --workdir are required")
+  if _WORKDIR.value is None:
+    cli.usage_error("--workdir is required")
   unknown = set(_KINDS.value) - set(rollout_gap.KINDS)
   if unknown:
     cli.usage_error(f"--kinds: {sorted(unknown)} unknown; expected names from "
@@ -44,7 +46,9 @@ def main(argv):
       cli.usage_error(f"--{name} must be a positive integer, got {holder.value}")
   if not 0.0 <= _COUPLE_T0.value <= 1.0:   # Also refuses nan.
     cli.usage_error(f"--couple_t0 must be a number in [0, 1], got {_COUPLE_T0.value}")
-  result, png = rollout_gap.run(_CONFIG.value, _WORKDIR.value, outdir=_OUTDIR.value,
+  with cli.user_input():
+    config = run_record.config_or_recorded(_CONFIG.value, _WORKDIR.value)
+  result, png = rollout_gap.run(config, _WORKDIR.value, outdir=_OUTDIR.value,
                         num_images=_NUM_IMAGES.value, noise_draws=_NOISE_DRAWS.value,
                         num_rollouts=_NUM_ROLLOUTS.value, seed=_SEED.value,
                         use_ema=not _RAW_WEIGHTS.value, kinds=tuple(_KINDS.value),

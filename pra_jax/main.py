@@ -63,12 +63,12 @@ def main(argv):   # Run through cli.one_line_errors, which also quiets the libra
                jax.local_device_count(), jax.device_count(), jax.devices()[:4])
   metrics = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value)
   if jax.process_index() == 0:
-    print(summary(config_flags.get_config_filename(flags.FLAGS["config"]), _WORKDIR.value,
-                  _CONFIG.value, metrics), flush=True)
+    print(summary(_WORKDIR.value, _CONFIG.value, metrics), flush=True)
 
 
-def summary(config_path: str, workdir: str, config, metrics: dict) -> str:
-  """Where the run put everything, and the commands that come next for this workdir."""
+def summary(workdir: str, config, metrics: dict) -> str:
+  """Where the run put everything, and the commands that come next for this workdir: they read
+  the run's config from workdir/config.json, so they work as printed, overrides included."""
   ckpt_dir = os.path.join(workdir, "checkpoints")
   steps = sorted(int(n) for n in os.listdir(ckpt_dir) if n.isdigit()) if os.path.isdir(
       ckpt_dir) else []
@@ -88,8 +88,8 @@ def summary(config_path: str, workdir: str, config, metrics: dict) -> str:
       " --ref=REF.npz --inception=inception_fid.npz")
   out = os.path.join(workdir, "samples.npz")
   lines += ["Next:",
-            f"  .venv/bin/python -m pra_jax.sample --config={config_path} --workdir={workdir} "
-            f"--num_images=100 --out={out}",
+            f"  .venv/bin/python -m pra_jax.sample --workdir={workdir} --num_images=100 "
+            f"--out={out}",
             f"  .venv/bin/python -m pra_jax.evaluate --samples={out}{metric}",
             f"  .venv/bin/tensorboard --logdir={workdir}"]
   return "\n".join(lines)

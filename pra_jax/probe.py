@@ -1,6 +1,6 @@
 """Linear probe of a trained run's frozen backbone (pra_jax/studies/linear_probe.py has the recipe).
 
-  python -m pra_jax.probe --config=configs/demo.py --workdir=/tmp/pra_demo [--layer=2 | --layer=1,2,3]
+  python -m pra_jax.probe --workdir=/tmp/pra_demo [--layer=2 | --layer=1,2,3]
 """
 
 import json
@@ -9,10 +9,11 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from pra_jax import cli, restore
+from pra_jax import cli, restore, run_record
 from pra_jax.studies import linear_probe
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file of the run.")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file of the run (default: the run's own, WORKDIR/config.json).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory with checkpoints.")
 _LAYER = flags.DEFINE_list("layer", None, "Backbone block(s) to probe (default: the middle one; "
                            "-1: the final output); several, comma-separated, are concatenated.")
@@ -26,8 +27,8 @@ _CONTROL = flags.DEFINE_bool("control", False,
 def main(argv):
   if len(argv) > 1:
     cli.usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
-  if _CONFIG.value is None or _WORKDIR.value is None:
-    cli.usage_error("--config and --workdir are required")
+  if _WORKDIR.value is None:
+    cli.usage_error("--workdir is required")
   try:
     layers = None if _LAYER.value is None else [int(l) for l in _LAYER.value]
   except ValueError:
@@ -36,14 +37,16 @@ def main(argv):
   for name, holder in (("epochs", _EPOCHS), ("max_train_images", _MAX_TRAIN_IMAGES)):
     if holder.value is not None and holder.value < 1:
       cli.usage_error(f"--{name} must be a positive integer, got {holder.value}")
-  depth = _CONFIG.value.model.backbone.depth
+  with cli.user_input():
+    config = run_record.config_or_recorded(_CONFIG.value, _WORKDIR.value)
+  depth = config.model.backbone.depth
   bad = [l for l in layers or () if not -depth <= l < depth]   # The backbone's own range.
   if bad:
     cli.usage_error(f"--layer: {bad} are not blocks of this backbone; expected "
                              f"integers in [-{depth}, {depth}) (model.backbone.depth={depth})")
-  model, _, step = restore.restore_for_sampling(_CONFIG.value, _WORKDIR.value)
+  model, _, step = restore.restore_for_sampling(config, _WORKDIR.value)
   layer = layers if layers is None or len(layers) > 1 else layers[0]  # None: probe()'s default.
-  result = linear_probe.probe(model, _CONFIG.value, layer=layer, max_train_images=_MAX_TRAIN_IMAGES.value,
+  result = linear_probe.probe(model, config, layer=layer, max_train_images=_MAX_TRAIN_IMAGES.value,
                        epochs=_EPOCHS.value, control=_CONTROL.value)
   result["step"] = step
   name = "_".join(map(str, [result["layer"]] if isinstance(result["layer"], int)

@@ -55,6 +55,29 @@ def read_run_config(workdir: str) -> dict | None:
                          f"start a new --workdir") from e
 
 
+
+def _tuples(tree):
+  # JSON has no tuples: the schema's only sequences are tuples (train.weight_decay_on).
+  if isinstance(tree, dict):
+    return {k: _tuples(v) for k, v in tree.items()}
+  return tuple(_tuples(v) for v in tree) if isinstance(tree, list) else tree
+
+
+def config_or_recorded(config, workdir: str):
+  """`config` if given, else the run's own config from workdir/config.json (with every
+  command-line override it trained with): what the programs that read a run use without
+  --config."""
+  if config is not None:
+    return config
+  import ml_collections  # Imported here: only the readers of a run need it.
+
+  recorded = read_run_config(workdir)
+  if recorded is None:
+    raise FileNotFoundError(f"{os.path.join(workdir, CONFIG_FILE)} does not exist, so the run's "
+                            f"config is unknown: is --workdir={workdir} a training run's workdir? "
+                            f"Otherwise pass --config (and the run's --config.* overrides)")
+  return ml_collections.ConfigDict(_tuples(recorded))
+
 def config_changes(old: dict, new: dict) -> dict:
   """{dotted key: (old value, new value)} for every key that differs (missing = '<absent>')."""
   a = traverse_util.flatten_dict(old, sep=".")

@@ -1,6 +1,6 @@
 """Sampling from a trained run: ADM-format .npz plus a PNG grid (one row per class).
 
-  python -m pra_jax.sample --config=configs/demo.py --workdir=DIR --out=s.npz   # 50 per class
+  python -m pra_jax.sample --workdir=DIR --out=s.npz   # 50 per class, the run's own config
 
 Data-parallel over every device of every process (the same command on each host; see the
 README's "Sampling at scale"), resumable chunk by chunk, and image k depends only on (seed, k):
@@ -16,7 +16,8 @@ from ml_collections import config_flags
 from pra_jax import cli, config_check, distributed, run_record
 from pra_jax.sampling import resumable_job
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file of the run.")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file of the run (default: the run's own, WORKDIR/config.json).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory with checkpoints.")
 _NUM_IMAGES = flags.DEFINE_integer(
     "num_images", None,
@@ -44,11 +45,12 @@ _DISTRIBUTED = distributed.define_flags()   # --distributed, --coordinator_addre
 def main(argv):
   if len(argv) > 1:
     cli.usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
-  if _CONFIG.value is None or _WORKDIR.value is None or _OUT.value is None:
-    cli.usage_error("--config, --workdir and --out are required")
+  if _WORKDIR.value is None or _OUT.value is None:
+    cli.usage_error("--workdir and --out are required")
   if not _OUT.value.endswith(".npz"):
     cli.usage_error(f"--out={_OUT.value}: expected a path ending in .npz")
   with cli.user_input():  # Before anything compiles.
+    config = run_record.config_or_recorded(_CONFIG.value, _WORKDIR.value)
     for name, value in (("--num_images", _NUM_IMAGES.value), ("--steps", _STEPS.value),
                         ("--per_device_batch", _PER_DEVICE_BATCH.value),
                         ("--chunk_size", _CHUNK_SIZE.value)):
@@ -57,15 +59,15 @@ def main(argv):
     for name, value in (("--cfg", _CFG.value), ("--temperature", _TEMPERATURE.value)):
       if value is not None:
         config_check.check_number(name, value, 0.0, float("inf"))
-    config_check.validate(_CONFIG.value)
-    classes = _classes(_CONFIG.value.data.num_classes)
-    run_record.check_readable(_WORKDIR.value, _CONFIG.value)
+    config_check.validate(config)
+    classes = _classes(config.data.num_classes)
+    run_record.check_readable(_WORKDIR.value, config)
   distributed.initialize_from_flags(_DISTRIBUTED)
   logging.info("jax %s; process %d/%d; %d local / %d global devices.", jax.__version__,
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count())
   result = resumable_job.sample_to_npz(
-      _CONFIG.value, _WORKDIR.value, _OUT.value, num_images=_NUM_IMAGES.value,
+      config, _WORKDIR.value, _OUT.value, num_images=_NUM_IMAGES.value,
       classes=classes, seed=_SEED.value,
       cfg=_CFG.value, temperature=_TEMPERATURE.value, steps=_STEPS.value,
       use_ema=not _RAW_WEIGHTS.value, per_device_batch=_PER_DEVICE_BATCH.value,

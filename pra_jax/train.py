@@ -231,4 +231,5 @@ def _train(config, workdir, overwrite, preemption) -> dict:
       preemption.abortable = False
       ckpt.close()
       writer.flush()
+      train_iter.close()   # grain's worker processes stop here, not at interpreter exit.
   return {**last, **last_eval}

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from configs import tiny
+from configs import pra_s, tiny
 from pra_jax import config_check, data, loss, sharding, train_step
 from pra_jax.sampling import ar_loop
 from pra_jax.models import pra
@@ -38,6 +38,23 @@ def tiny_config(**overrides):
   c = tiny.get_config()
   for path, value in overrides.items():
     config_check.set_field(c, path, value)
+  return c
+
+
+def shrunk_pra_s(num_steps: int, image_size: int = 32):
+  """configs/pra_s.py (scanned bf16 backbone and head, 3 channels, 16x16x3 patches) shrunk to a
+  few thousand parameters at `image_size`, checkpointing every 2 steps: the paper recipe's code
+  path at test cost. The data section is pra_s.py's (TFDS ImageNet) but for the image size."""
+  c = pra_s.get_config()
+  c.data.image_size = image_size
+  c.model.patch_size = 16         # Kept: 16x16x3 = 768-value patches, as at ImageNet 256.
+  c.model.backbone.update(width=32, depth=2, num_heads=2)
+  c.model.head.update(width=32, depth=1, num_draws=1)
+  c.model.state.update(width=32, depth=1)
+  c.train.update(batch_size=4, num_steps=num_steps, warmup_steps=1, log_every=1)
+  c.train.sample_every = 0
+  c.checkpoint.every = 2
+  c.checkpoint.async_save = False
   return c
 
 

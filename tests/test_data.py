@@ -8,6 +8,8 @@ import io
 import logging
 import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 from PIL import Image
@@ -383,15 +385,57 @@ def test_folder_errors(tmp_path):
     data.make_source(_cfg(source="folder", folder=str(tmp_path / "empty")), "train")
 
 
-def test_tfds_errors(tmp_path):
+def test_tfds_errors(tmp_path, monkeypatch):
   missing = str(tmp_path / "nowhere")
-  with pytest.raises(FileNotFoundError, match=re.escape(missing)):
+  with pytest.raises(FileNotFoundError, match=re.escape(f"{missing!r} (data.tfds_data_dir)")):
     data.make_source(_tfds_cfg(tfds_data_dir=missing), "train")
-  # Nothing built in an empty data dir: the message carries the command that builds it.
-  build = (f"tfds build imagenet2012 --manual_dir=DIR --file_format=array_record "
-           f"--data_dir={tmp_path}")
+  # Nothing built in an empty data dir: the message names the dir and carries the command that
+  # builds the records there.
+  build = (f"python -m pra_jax.tools.build_imagenet --manual_dir=DIR --data_dir={tmp_path}")
   with pytest.raises(ValueError, match=re.escape(build)):
     data.make_source(_tfds_cfg(tfds_data_dir=str(tmp_path)), "train")
   with pytest.raises(ValueError, match="TFDS has no dataset named 'no_such_set'"):
     data.make_source(_tfds_cfg(tfds_name="no_such_set", tfds_data_dir=str(tmp_path)),
                      "train")
+  # No data.tfds_data_dir: the error names the dir TFDS_DATA_DIR chose, not "the default".
+  monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
+  with pytest.raises(ValueError, match=re.escape(f"in the data dir {str(tmp_path)!r} "
+                                                 f"($TFDS_DATA_DIR)")):
+    data.make_source(_tfds_cfg(), "train")
+
+
+# --- worker processes ---------------------------------------------------------------------------
+
+_WORKERS_SCRIPT = """
+from absl import app
+from configs import common
+from pra_jax import data
+
+
+def main(argv):
+  cfg = common.base_config().data
+  cfg.update(source="synthetic", synthetic_examples=200, image_size=16, worker_count=2)
+  train = data.make_train_iterator(cfg, local_batch_size=8, seed=0, process_index=0,
+                                   process_count=1)
+  next(train), next(train)
+  train.close()
+  batches = data.make_eval_iterator(cfg, local_batch_size=8, process_index=0, process_count=1)
+  print("eval examples", sum(len(b["label"]) for b in batches))
+
+
+if __name__ == "__main__":
+  app.run(main)
+"""
+
+
+def test_worker_processes_leave_no_shared_memory_behind(tmp_path):
+  # A run with data.worker_count: train batches from worker processes, then a held-out pass;
+  # at exit multiprocessing's resource tracker names any shared memory nobody unlinked.
+  script = tmp_path / "workers.py"
+  script.write_text(_WORKERS_SCRIPT)
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  res = subprocess.run([sys.executable, str(script)], cwd=repo, capture_output=True, text=True,
+                       env=dict(os.environ, PYTHONPATH=repo, JAX_PLATFORMS="cpu"), timeout=600)
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert "eval examples 20" in res.stdout
+  assert "leaked shared_memory" not in res.stderr, res.stderr[-3000:]

@@ -22,13 +22,15 @@ import pytest
 
 import factories as F
 from configs import tiny
-from pra_jax import rng, train
+from pra_jax import rng, run_record, train
 from pra_jax.sampling import ar_loop, chunk_store, data_parallel, resumable_job
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(REPO, "launch", "local_multiprocess.sh")
 NUM_IMAGES = 48
-COMMON = ("--config=configs/tiny.py", "--steps=2", f"--num_images={NUM_IMAGES}")
+# No --config: pra_jax.sample reads the run's own config.json, so the seed override the fixture
+# trained with (an identity key: configs/tiny.py itself would be refused) is used as recorded.
+COMMON = ("--steps=2", f"--num_images={NUM_IMAGES}")
 
 
 def _env(**extra):
@@ -66,6 +68,7 @@ def workdir(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("run"))
   config = tiny.get_config()
   config.train.num_steps = config.checkpoint.every = 2
+  config.seed = 1   # As --config.seed=1 would: the run is not configs/tiny.py's.
   train.train_and_evaluate(config, workdir)
   return workdir
 
@@ -147,7 +150,10 @@ def test_killed_then_preempted_run_resumes_to_the_same_bytes(workdir, runs, tmp_
 
 
 def test_other_settings_in_the_same_chunk_folder_are_refused(workdir, runs):
-  config = tiny.get_config()
+  config = run_record.config_or_recorded(None, workdir)
+  assert config.seed == 1 and config.train.weight_decay_on == tiny.get_config().train.weight_decay_on
+  with pytest.raises(run_record.ConfigMismatch, match="seed: 1 -> 0"):
+    resumable_job.sample_to_npz(tiny.get_config(), workdir, runs["ref"], num_images=NUM_IMAGES)
   out = runs["ref"]
   kwargs = dict(num_images=NUM_IMAGES, steps=2)
   with pytest.raises(chunk_store.SettingsMismatch, match=r"seed: 0 there, 1 now") as e:

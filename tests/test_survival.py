@@ -102,6 +102,9 @@ def test_sigkill_after_checkpoint_resumes_bit_exact(tmp_path):
   proc = start_run(run_dir, *flags)
   log = proc.communicate(timeout=400)[0]
   assert proc.returncode == 0, log[-3000:]
+  # The closing summary's next command works as printed: no config file without the run's
+  # overrides (pra_jax.sample reads workdir/config.json).
+  assert f"pra_jax.sample --workdir={run_dir} --num_images=100" in log, log[-3000:]
   resumed = int(re.search(rf"Resumed from {re.escape(ckpt_dir)} at step (\d+)", log).group(1))
   assert resumed in (n // 2, n), resumed
   print(f"SIGKILL during the async save of step {n}: resumed from step {resumed}")

@@ -6,23 +6,14 @@ import os
 import numpy as np
 import pytest
 
-from configs import pra_s
+import factories as F
 from pra_jax import data, train
 
 
 def _config(num_steps):
-  c = pra_s.get_config()          # The real recipe: scanned bf16 backbone and head, 3 channels.
+  c = F.shrunk_pra_s(num_steps)   # The real recipe: scanned bf16 backbone and head, 3 channels.
   c.data.source = "synthetic"
   c.data.synthetic_examples = 64
-  c.data.image_size = 32
-  c.model.patch_size = 16         # Kept: 16x16x3 = 768-value patches, as at ImageNet 256.
-  c.model.backbone.update(width=32, depth=2, num_heads=2)
-  c.model.head.update(width=32, depth=1, num_draws=1)
-  c.model.state.update(width=32, depth=1)
-  c.train.update(batch_size=4, num_steps=num_steps, warmup_steps=1, log_every=1)
-  c.train.sample_every = 0
-  c.checkpoint.every = 2
-  c.checkpoint.async_save = False
   return c
 
 

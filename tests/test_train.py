@@ -92,10 +92,10 @@ def test_missing_tfds_dataset_names_the_build_command(tmp_path):
   config = tiny.get_config()
   config.data.source = "tfds"
   config.data.tfds_data_dir = str(tmp_path / "tfds")
-  with pytest.raises(FileNotFoundError, match="tfds build imagenet2012"):
+  with pytest.raises(FileNotFoundError, match="pra_jax.tools.build_imagenet --manual_dir=DIR"):
     train.train_and_evaluate(config, str(tmp_path / "run"))
   (tmp_path / "tfds").mkdir()
-  with pytest.raises(ValueError, match="tfds build imagenet2012"):
+  with pytest.raises(ValueError, match="pra_jax.tools.build_imagenet --manual_dir=DIR"):
     train.train_and_evaluate(config, str(tmp_path / "run"))
 
 

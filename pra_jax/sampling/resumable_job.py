@@ -19,7 +19,7 @@ import numpy as np
 from flax import traverse_util
 from absl import logging
 
-from pra_jax import checkpoint, cli, config_check, restore
+from pra_jax import checkpoint, cli, config_check, restore, run_record
 from pra_jax.sampling import ar_loop, chunk_store, data_parallel, grids
 
 PER_CLASS = 50           # ADM's protocol: 50 samples per class, 50,000 for 1000 classes.
@@ -118,6 +118,7 @@ def plan_run(config, workdir: str, out: str, *, num_images=None, classes=None, s
   step = available[-1] if checkpoint_step is None else checkpoint_step
   if step not in available:
     raise ValueError(f"--checkpoint_step={step}: {ckpt.directory} holds steps {available}")
+  run_record.check_readable(workdir, config)   # Another run's config (a seed, a size): refused.
   # The chunk size fixes the folder's layout: a rerun keeps the recorded one, whatever its
   # device count (the first run's default is one global batch).
   if chunk_size is None:
