@@ -15,8 +15,10 @@ import numpy as np
 from pra_jax import config_check, run_state, sharding
 
 GIB = 1024 ** 3
-# The custom call a Pallas TPU kernel (splash attention) compiles to: Mosaic's.
-MOSAIC_CALL = 'custom_call_target="tpu_custom_call"'
+# The custom calls a fused attention kernel compiles to: Mosaic's (a Pallas TPU kernel, splash)
+# and cuDNN's fused attention.
+KERNEL_CALLS = {"tpu": ('custom_call_target="tpu_custom_call"', "Mosaic"),
+                "gpu": ('custom_call_target="__cudnn$fmha', "cuDNN")}
 
 
 def parse_mesh(text: str) -> dict[str, int]:
@@ -138,7 +140,8 @@ def plan(config, num_devices: int, mesh_cfg=None, *, devices=None,
       "platform": platform,
       "device_kind": devices[0].device_kind,
       "attention": b.attention,
-      "mosaic_calls": compiled.as_text().count(MOSAIC_CALL) if platform == "tpu" else 0,
+      "kernel_calls": (compiled.as_text().count(KERNEL_CALLS[platform][0])
+                       if platform in KERNEL_CALLS else 0),
       "devices": num_devices,
       "mesh": dict(mesh.shape),
       "global_batch": global_batch,
@@ -174,7 +177,8 @@ SAMPLE_HEADER = ("| config | target | chip | devices | batch/chip | rows | cfg |
 
 def _attention(r: dict) -> str:
   """The kernel compiled: 'splash (Mosaic x2)' names the custom calls found in the program."""
-  calls = f" (Mosaic x{r['mosaic_calls']})" if r["mosaic_calls"] else ""
+  kind = KERNEL_CALLS.get(r["platform"], ("", ""))[1]
+  calls = f" ({kind} x{r['kernel_calls']})" if r["kernel_calls"] else ""
   return r["attention"] + calls
 
 

@@ -65,6 +65,47 @@ _2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16
 TOPOLOGIES = {"v4": _3D, "v5p": _3D, "v5litepod": _2D, "v6e": _2D}
 
 
+# NVIDIA H100 SXM5 80GB through the CUDA plugin's compile-only topology (`pip install
+# jax-cuda12-plugin==0.10.2 jax-cuda12-pjrt==0.10.2`): the plugin compiles for a GPU it is given
+# as a GpuTargetConfigProto instead of querying one. Chip numbers from NVIDIA's H100 datasheet,
+# https://www.nvidia.com/en-us/data-center/h100/ (H100 SXM): 80 GB HBM3, 3.35 TB/s,
+# 1,979 TFLOP/s bf16 "with sparsity", so 989 dense. Eight GPUs per HGX host.
+H100 = Chip("h100", "cuda", "NVIDIA H100 80GB HBM3", 1, (8, 1, 1), "", 80 * GB, 989e12, 3.35e12,
+            "https://www.nvidia.com/en-us/data-center/h100/")
+# What the compiler tiles for: compute capability 9.0, 132 SMs of 128 FP32 lanes, 50 MB L2,
+# 228 KB of shared memory per SM (227 KB to one block), 64K registers, 2048 threads per SM (the
+# values CUDA's device query reports for an H100 SXM5; NVIDIA Hopper tuning guide,
+# https://docs.nvidia.com/cuda/hopper-tuning-guide/). cuDNN 9.8 is the version jax 0.10.2's
+# CUDA 12 wheels take.
+H100_TARGET_CONFIG = """
+gpu_device_info {
+  cuda_compute_capability { major: 9 minor: 0 }
+  threads_per_block_limit: 1024
+  threads_per_warp: 32
+  shared_memory_per_block: 49152
+  shared_memory_per_block_optin: 232448
+  shared_memory_per_core: 233472
+  threads_per_core_limit: 2048
+  core_count: 132
+  fpus_per_core: 128
+  block_dim_limit_x: 2147483647
+  block_dim_limit_y: 65535
+  block_dim_limit_z: 65535
+  memory_bandwidth: 3350000000000
+  l2_cache_size: 52428800
+  clock_rate_ghz: 1.98
+  device_memory_size: 80000000000
+  registers_per_core_limit: 65536
+  registers_per_block_limit: 65536
+}
+platform_name: "CUDA"
+dnn_version_info { major: 9 minor: 8 }
+device_description_str: "NVIDIA H100 80GB HBM3"
+"""
+GPU_COUNTS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+CUDA_PLUGIN_PINS = "jax-cuda12-plugin==0.10.2 jax-cuda12-pjrt==0.10.2"
+
+
 @dataclasses.dataclass(frozen=True)
 class Target:
   name: str        # The accelerator type, e.g. v5p-64.
@@ -80,18 +121,24 @@ class Target:
 
 def names() -> list[str]:
   """Every accelerator type this module maps, smallest slice first within a family."""
-  return [f"{f}-{n * CHIPS[f].cores_per_type_unit}" for f in CHIPS for n in TOPOLOGIES[f]]
+  return ([f"{f}-{n * CHIPS[f].cores_per_type_unit}" for f in CHIPS for n in TOPOLOGIES[f]]
+          + [f"h100-{n}" for n in GPU_COUNTS])
 
 
 def parse(name: str) -> Target:
   """'v5p-64' -> its Target; one clear ValueError naming the types there are otherwise."""
+  gpu = re.fullmatch(r"h100(?:-(\d+))?", name.strip())
+  if gpu and int(gpu.group(1) or 8) in GPU_COUNTS:
+    n = int(gpu.group(1) or 8)
+    hosts, per_host = max(1, n // 8), min(n, 8)
+    return Target(f"h100-{n}", H100, n, f"1x{hosts}x{per_host}")
   m = re.fullmatch(r"(v4|v5litepod|v5p|v6e)-(\d+)", name.strip())
   chip = CHIPS.get(m.group(1)) if m else None
   units = int(m.group(2)) if m else 0
   chips, rest = divmod(units, chip.cores_per_type_unit) if chip else (0, 1)
   if chip is None or rest or chips not in TOPOLOGIES[chip.family]:
     raise ValueError(f"--target={name!r} is not an accelerator type this plan knows; expected "
-                     f"'cpu' or one of {', '.join(names())}")
+                     f"'cpu', 'h100' (8 GPUs) or one of {', '.join(names())}")
   return Target(name.strip(), chip, chips, TOPOLOGIES[chip.family][chips])
 
 
@@ -100,8 +147,23 @@ def libtpu_available() -> bool:
   return importlib.util.find_spec("libtpu") is not None
 
 
+def _gpu_devices(target: Target) -> list:
+  import importlib.util
+  if importlib.util.find_spec("jax_plugins.xla_cuda12") is None:
+    raise ValueError(f"--target={target.name} compiles with the CUDA plugin's compiler: pip "
+                     f"install {CUDA_PLUGIN_PINS} (no GPU needed to compile)")
+  from jax.experimental import topologies
+
+  # "partitions x hosts x GPUs per host"; the target config stands in for a GPU to query.
+  return list(topologies.get_topology_desc(
+      platform="cuda", topology_name="", topology=target.topology,
+      target_config=H100_TARGET_CONFIG).devices)
+
+
 def devices(target: Target) -> list:
   """The target's compile-only devices, one per chip: programs compile for them, none runs."""
+  if target.chip is H100:
+    return _gpu_devices(target)
   if not libtpu_available():
     raise ValueError(f"--target={target.name} compiles with the TPU compiler, which needs libtpu: "
                      f"pip install {LIBTPU_PIN} (not needed for --target=cpu or on GPUs)")

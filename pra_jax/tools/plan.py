@@ -10,7 +10,9 @@ allocated, for a TPU slice (by the TPU compiler) or for fake CPU devices (an est
 
 --target is an accelerator type as `gcloud compute tpus tpu-vm create --accelerator-type`
 takes it (v4-32, v5litepod-64, v5p-64, v6e-64, ...; pra_jax/targets.py maps each to its
-topology and chip and cites the chip's numbers), or `cpu` (the default). A TPU target needs
+topology and chip and cites the chip's numbers), `h100-N` (N H100 SXM GPUs, 8 per host; `h100`
+is one host of 8; needs `pip install jax-cuda12-plugin==0.10.2 jax-cuda12-pjrt==0.10.2`, no GPU;
+memory only, and 'cudnn' attention compiles as cuDNN's kernel), or `cpu` (the default). A TPU target needs
 libtpu (`pip install libtpu==0.0.42.1`; GPU users do not): the step is then compiled by the
 TPU compiler for that slice's compile-only devices, one per chip, and its bytes per chip are
 the compiler's own, checked against the chip's HBM. Fused attention (backbone.attention
@@ -109,6 +111,12 @@ def _flops():
   return _flops
 
 
+def _costed(target) -> bool:
+  """Estimates need the compiler's cost analysis, which the TPU compiler gives and the CUDA
+  plugin's compile-only path does not (it returns none)."""
+  return bool(target) and target.chip is not targets.H100 and _COSTS.value
+
+
 def _devices(target):
   if target is None:
     return None
@@ -131,7 +139,7 @@ def _train(name, config, target, devices, budget_gib):
         config.train.grad_accum_steps = accum
         with config_check.user_input():
           r = memory_plan.plan(config, count, mesh_cfg, devices=devices, budget_gib=budget_gib,
-                               costs=bool(target) and _COSTS.value)
+                               costs=_costed(target))
         print(memory_plan.format_row(name, r, label), flush=True)
         if "step_cost" in r:
           estimates.append(_train_estimate(name, config, target, r))
@@ -170,7 +178,7 @@ def _sample(name, config, target, devices, budget_gib):
     settings = sampler.SampleSettings.from_config(config.sample, cfg=_CFG.value)
     devs = devices if devices is not None else jax.devices("cpu")[:_DEVICES.value]
     r = memory_plan.plan_sampler(config, devs, per_chip, settings,
-                                 costs=bool(target) and _COSTS.value)
+                                 costs=_costed(target))
   label = target.name if target else "cpu"
   print(memory_plan.SAMPLE_HEADER)
   print(memory_plan.format_sample_row(name, r, label, budget_gib), flush=True)
