@@ -20,10 +20,22 @@ IMPLEMENTATIONS = ("xla", "cudnn", "splash")
 SPLASH_TILE = 128  # Splash's tiles are multiples of the TPU's 128 lanes, so L must be too.
 
 
+def target_platform() -> str:
+  """'cpu' | 'gpu' | 'tpu' of the devices the program is built for: the current mesh's, else
+  this process's first device. The mesh decides because a plan compiles for compile-only
+  devices (a TPU slice from libtpu, pra_jax/targets.py) while this process's backend is the CPU.
+  """
+  target = jax.sharding.get_abstract_mesh().abstract_device
+  return target.platform if target is not None else jax.devices()[0].platform
+
+
 def _platform() -> tuple[str, str]:
-  """('cpu' | 'gpu' | 'tpu', the backend's version string, which tells CUDA from ROCm)."""
-  device = jax.devices()[0]
-  return device.platform, getattr(device.client, "platform_version", "")
+  """(target_platform(), the backend's version string, which tells CUDA from ROCm; empty for
+  compile-only devices, which have no runtime to report one)."""
+  local = jax.devices()[0]
+  platform = target_platform()
+  version = getattr(local.client, "platform_version", "") if platform == local.platform else ""
+  return platform, version
 
 
 def check(cfg, seq_len: int) -> None:
@@ -97,8 +109,10 @@ def splash(q_BLAK, k_BLAK, v_BLAK):
   if q_BLAK.shape[1] % SPLASH_TILE:
     raise ValueError(f"splash attention needs a sequence length that is a multiple of "
                      f"{SPLASH_TILE}, got {q_BLAK.shape[1]}")
-  # Off TPU only tests get here (check() refuses it): Pallas then interprets the kernel.
-  local = lambda q, k, v: _splash_local(q, k, v, interpret=jax.default_backend() != "tpu")
+  # Mosaic compiles the kernel for the mesh's TPUs, also for compile-only ones (a plan) from a
+  # CPU process. Off TPU only tests get here (check() refuses it): Pallas interprets the kernel.
+  interpret = target_platform() != "tpu"
+  local = lambda q, k, v: _splash_local(q, k, v, interpret=interpret)
   spec = layers.logical_spec(q_BLAK.shape, ("act_batch", None, "heads", None))
   if spec is None:
     return local(q_BLAK, k_BLAK, v_BLAK)
