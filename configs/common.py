@@ -168,6 +168,8 @@ def base_config() -> ml_collections.ConfigDict:
   # -- sampling -----------------------------------------------------------------------------
   c.sample = sp = ml_collections.ConfigDict()
   sp.num_steps = 50                # Head ODE steps per patch.
+  sp.min_steps = 0                 # Step annealing: 0 = off; else the head steps fall linearly
+                                   # from num_steps (first patch) to min_steps (last patch).
   sp.solver = "euler"              # 'euler' | 'heun'.
   sp.cfg = 3.0                     # Guidance scale (1 = none).
   sp.cfg_schedule = "linear"       # 'constant' | 'linear' (1 -> cfg over positions).

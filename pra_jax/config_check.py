@@ -64,6 +64,7 @@ _RANGES = (
     ("sample.cfg", 0.0, math.inf, True, False),          # 0 = unconditional, 1 = no guidance.
     ("sample.temperature", 0.0, math.inf, True, False),
     ("sample.batch_size", 1, math.inf, True, False),
+    ("sample.min_steps", 0, math.inf, True, False),      # 0 = no step annealing.
 )
 
 
@@ -234,6 +235,10 @@ def validate(config) -> None:
     raise ValueError(f"config model.state.project must be True or False, got {st.project!r}")
   if not 0.0 <= config.model.label_drop < 1.0:
     raise ValueError(f"config model.label_drop must be in [0, 1), got {config.model.label_drop}")
+  sp = config.sample
+  if not isinstance(sp.min_steps, int) or sp.min_steps > sp.num_steps:
+    raise ValueError(f"config sample.min_steps must be an integer in [0, sample.num_steps = "
+                     f"{sp.num_steps}] (0 = no annealing), got {sp.min_steps!r}")
   check_microbatches(config, 1)
   profiling.parse_steps(config.train.profile_steps)
   num_patches = (config.data.image_size // config.model.patch_size) ** 2
