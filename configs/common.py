@@ -139,6 +139,9 @@ def base_config() -> ml_collections.ConfigDict:
   t.grad_clip = 3.0                # Global-norm clip (0 = off).
   t.ema_decay = 0.9999             # Per-update decay of the weight EMA that samples use (warmed
                                    # up as (1 + n) / (10 + n) over the first updates).
+  t.ema_decays = ()                # More EMA decays kept beside ema_decay, each checkpointed (as
+                                   # ema_1, ema_2, ...) for the sweep to choose among (python -m
+                                   # pra_jax.sweep --weights); one more parameter copy each.
   t.nonfinite = "raise"            # 'raise' (stop after the last good checkpoint) | 'skip'.
   t.log_every = 100                # Steps between metric logs (stdout and TensorBoard).
   t.sample_every = 10_000          # Sample grid to TensorBoard and workdir/samples/ (0 = off).

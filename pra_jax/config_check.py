@@ -235,6 +235,11 @@ def validate(config) -> None:
     raise ValueError(f"config model.state.project must be True or False, got {st.project!r}")
   if not 0.0 <= config.model.label_drop < 1.0:
     raise ValueError(f"config model.label_drop must be in [0, 1), got {config.model.label_drop}")
+  decays = config.train.ema_decays
+  if isinstance(decays, str) or not all(
+      isinstance(d, float) and 0.0 <= d < 1.0 for d in decays):
+    raise ValueError(f"config train.ema_decays must be a tuple of floats in [0, 1), got "
+                     f"{decays!r}")
   sp = config.sample
   if not isinstance(sp.min_steps, int) or sp.min_steps > sp.num_steps:
     raise ValueError(f"config sample.min_steps must be an integer in [0, sample.num_steps = "

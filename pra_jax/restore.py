@@ -12,11 +12,14 @@ from absl import logging
 from flax import nnx
 from jax.sharding import NamedSharding
 
-from pra_jax import checkpoint, config_check, sharding
+from pra_jax import checkpoint, config_check, sharding, train_step
 from pra_jax.models import pra
 
 
-def _part(use_ema: bool) -> str:
+def _part(use_ema) -> str:
+  """use_ema: True (part 'ema'), False ('model'), or a weights name of train_step.weights_part."""
+  if isinstance(use_ema, str):
+    return train_step.weights_part(use_ema)
   return "ema" if use_ema else "model"
 
 
@@ -38,14 +41,14 @@ def _restore(ckpt, step: int, config, mesh, use_ema: bool, *, replicate: bool):
   except Exception as e:  # pylint: disable=broad-except
     raise ValueError(f"checkpoint {ckpt.directory}/{step} does not restore into this config's "
                      f"model ({type(e).__name__}: {str(e).splitlines()[0][:300]})") from e
-  logging.info("Restored the %s weights of step %d from %s.", "EMA" if use_ema else "raw", step,
-               ckpt.directory)
+  logging.info("Restored the %s weights of step %d from %s.", part, step, ckpt.directory)
   return nnx.merge(graphdef, restored["state"][part])
 
 
 def restore_weights(config, workdir: str, step: int, mesh, use_ema: bool = True):
   """The EMA (or raw) model of checkpoint `step`, replicated on every device of `mesh`: the
-  data-parallel sampler's layout, never the training mesh's."""
+  data-parallel sampler's layout, never the training mesh's. use_ema may also name the weights
+  ('ema', 'raw', 'ema_<i>' of train.ema_decays)."""
   ckpt = checkpoint.Checkpointer(workdir, config.checkpoint, read_only=True)
   return _restore(ckpt, step, config, mesh, use_ema, replicate=True)
 

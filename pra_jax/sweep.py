@@ -34,7 +34,9 @@ _MIN_STEPS = flags.DEFINE_list(
 _SOLVERS = flags.DEFINE_list("solver", None, "Head ODE solvers, euler / heun (default: config's).")
 _SCHEDULES = flags.DEFINE_list("schedule", None,
                                "cfg schedules, constant / linear (default: config's).")
-_WEIGHTS = flags.DEFINE_list("weights", ["ema"], "Which weights: ema, raw, or both.")
+_WEIGHTS = flags.DEFINE_list(
+    "weights", ["ema"], "Which weights: ema (train.ema_decay), ema_1, ema_2, ... (the run's "
+    "train.ema_decays, in order) and/or raw.")
 _NUM_IMAGES = flags.DEFINE_integer("num_images", 1000, "Images per point (classes balanced).")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed (image k draws from (seed, k)).")
 _PER_DEVICE_BATCH = flags.DEFINE_integer(
@@ -68,7 +70,8 @@ def main(argv):
         num_steps=_values(_STEPS, sp.num_steps, int, "num_steps"),
         min_steps=_values(_MIN_STEPS, sp.min_steps, int, "anneal"),
         solver=_values(_SOLVERS, sp.solver, str, "solver"),
-        cfg_schedule=_values(_SCHEDULES, sp.cfg_schedule, str, "schedule"))
+        cfg_schedule=_values(_SCHEDULES, sp.cfg_schedule, str, "schedule"),
+        known_weights=tuple(knob_sweep.weights_names(config)))
     if not points:
       raise ValueError("no point to sweep: every --anneal floor exceeds every --num_steps")
     config_check.check_number("--num_images", _NUM_IMAGES.value, 1, float("inf"))

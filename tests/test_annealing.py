@@ -79,7 +79,9 @@ def test_an_annealed_image_depends_on_its_key_alone(model):
   keys_B = rng.example_keys(jax.random.key(9), 4)
   x_all, _ = F.sample_patches_fn(annealed)(model, LABELS, keys_B)
   x_two, _ = F.sample_patches_fn(annealed)(model, LABELS[2:], keys_B[2:])
-  np.testing.assert_allclose(x_two, x_all[2:], atol=1e-5)
+  # Equal to float rounding (another batch shape may block a matmul differently; 16 sampled
+  # patches of a random model amplify that to ~1e-5).
+  np.testing.assert_allclose(x_two, x_all[2:], atol=1e-4)
   off, _ = F.sample_patches_fn(GUIDED)(model, LABELS, keys_B)
   assert float(jnp.abs(off[:, -1] - x_all[:, -1]).max()) > 1e-3  # Annealing changes images.
 

@@ -22,7 +22,7 @@ from absl import logging
 from flax import nnx
 from PIL import Image, ImageDraw
 
-from pra_jax import config_check, files, periodic_eval, restore
+from pra_jax import config_check, files, periodic_eval, restore, train_step
 from pra_jax.sampling import annealing, ar_loop, data_parallel
 from pra_jax.studies import report
 
@@ -36,7 +36,8 @@ KNOBS = ("weights", "cfg", "temperature", "num_steps", "min_steps", "solver", "c
 
 @dataclasses.dataclass(frozen=True)
 class Point:
-  """One setting of every knob. weights: 'ema' or 'raw'."""
+  """One setting of every knob. weights: 'ema' (train.ema_decay), 'ema_<i>' (train.ema_decays[i-1])
+  or 'raw'."""
   weights: str
   cfg: float
   temperature: float
@@ -59,7 +60,15 @@ class Point:
     return (self.solver, self.cfg_schedule, self.cfg != 1.0)
 
 
-def grid(weights, cfg, temperature, num_steps, min_steps, solver, cfg_schedule) -> list[Point]:
+def weights_names(config) -> dict:
+  """{weights name: its EMA decay (None for the raw weights)} of a run."""
+  names = {"ema": config.train.ema_decay, "raw": None}
+  names.update({f"ema_{i}": d for i, d in enumerate(train_step.extra_ema_decays(config), 1)})
+  return names
+
+
+def grid(weights, cfg, temperature, num_steps, min_steps, solver, cfg_schedule,
+         known_weights=("ema", "raw")) -> list[Point]:
   """Every combination of the given lists (a point's min_steps above its num_steps is left out:
   that schedule does not exist)."""
   points = [Point(*combo) for combo in itertools.product(
@@ -67,8 +76,9 @@ def grid(weights, cfg, temperature, num_steps, min_steps, solver, cfg_schedule) 
   points = [p for p in points if p.min_steps <= p.num_steps]
   for p in points:
     p.settings()  # Raises on a bad value before anything is restored.
-    if p.weights not in ("ema", "raw"):
-      raise ValueError(f"--weights must be 'ema' or 'raw', got {p.weights!r}")
+    if p.weights not in known_weights:
+      raise ValueError(f"--weights must be among {', '.join(known_weights)} (ema_<i>: the "
+                       f"run's train.ema_decays), got {p.weights!r}")
   return points
 
 
@@ -108,8 +118,8 @@ class Results:
 
 def run(config, workdir: str, out_dir: str, points: list[Point], *, num_images: int,
         seed: int, per_device_batch: int, step: int, command: list[str]) -> dict:
-  """Samples and scores every point not yet in out_dir/sweep.json; writes the table and plot.
-  Returns {'records': [...], 'best': record}."""
+  """Samples and scores every point not yet in out_dir/sweep.json; writes the table and plot of
+  every point the JSON holds. Returns {'records': [...], 'best': record}."""
   if jax.process_count() != 1:
     raise ValueError("the sweep runs in one process (on all its local devices); run it on one "
                      "host")
@@ -128,7 +138,7 @@ def run(config, workdir: str, out_dir: str, points: list[Point], *, num_images: 
   # Points grouped so each weights is restored once and each compile made once.
   for p in sorted(todo, key=lambda p: (p.weights, p.compile_key())):
     if p.weights not in states:
-      model = restore.restore_weights(config, workdir, step, mesh, p.weights == "ema")
+      model = restore.restore_weights(config, workdir, step, mesh, p.weights)
       states[p.weights] = model
     model = states[p.weights]
     if p.compile_key() not in generators:
@@ -149,11 +159,13 @@ def run(config, workdir: str, out_dir: str, points: list[Point], *, num_images: 
     metrics = periodic_eval.evaluate_samples(images_X, labels_X, config, cache_dir)
     record = {"name": p.name, **dataclasses.asdict(p),
               "metrics": {k: v for k, v in metrics.items() if not isinstance(v, str)},
+              "ema_decay": weights_names(config)[p.weights],
               "images_per_s": num_images / seconds,
               "head_evaluations": head_evaluations(p, model.num_patches)}
     results.add(record)
     logging.info("%s: %s (%.2f images/s)", p.name, primary(metrics), record["images_per_s"])
-  records = [results.records[p.name] for p in points]
+  # Every point the folder holds (earlier runs' too: same run, step and protocol).
+  records = list(results.records.values())
   best = min(records, key=lambda r: primary(r["metrics"])[1])
   write_table(records, best, os.path.join(out_dir, "sweep.md"), header, command)
   plot(records, os.path.join(out_dir, "sweep.png"))
@@ -175,6 +187,8 @@ def best_command(best: dict, config_path: str, workdir: str, step: int, seed: in
           f"--checkpoint_step={step}", f"--seed={seed}"]
   if best["weights"] == "raw":
     args.append("--raw_weights")
+  elif best["weights"] != "ema":
+    args.append(f"--weights={best['weights']}")
   return shlex.join(args)
 
 
