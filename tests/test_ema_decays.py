@@ -15,24 +15,26 @@ def _params(model):
 
 
 def test_each_extra_ema_follows_its_own_decay_and_restores_by_name(tmp_path):
-  config = F.tiny_config(**{"train.ema_decays": (0.5, 0.0)})
-  config.train.num_steps = config.checkpoint.every = 1
+  config = F.tiny_config(**{"train.ema_decays": (0.1, 0.0)})
+  config.train.num_steps, config.checkpoint.every = 2, 1
   workdir = str(tmp_path / "run")
   train.train_and_evaluate(config, workdir)
-  init = _params(train_step.create_bundle(config, MESH).model)  # Seeded: the run's init.
-  raw, ema, ema_1, ema_2 = (_params(restore.restore_weights(config, workdir, 1, MESH, w))
-                            for w in ("raw", "ema", "ema_1", "ema_2"))
-  d = float(optim.ema_decay_at(0.5, 0))  # The warm-up's first decay, min(0.5, 1 / 10).
+  at = lambda step, w: _params(restore.restore_weights(config, workdir, step, MESH, w))
+  raw, ema, ema_1, ema_2 = (at(2, w) for w in ("raw", "ema", "ema_1", "ema_2"))
+  before = at(1, "ema_1")
+  d = float(optim.ema_decay_at(0.1, 1))  # Step 1's decay: min(0.1, 2 / 11) = 0.1.
   for path in raw:
     np.testing.assert_array_equal(ema_2[path], raw[path])       # Decay 0: the raw weights.
-    np.testing.assert_allclose(ema_1[path], d * init[path] + (1 - d) * raw[path], atol=1e-6)
-  assert max(float(np.abs(raw[k] - init[k]).max()) for k in raw) > 1e-4  # The step moved.
+    np.testing.assert_allclose(ema_1[path], d * before[path] + (1 - d) * raw[path], atol=1e-6)
+  moved = lambda a, b: max(float(np.abs(a[k] - b[k]).max()) for k in a)
+  assert moved(raw, at(1, "raw")) > 1e-4         # Step 2 moved the weights.
+  assert moved(ema_1, ema) > 1e-6                # The main EMA (0.9, warmed up) is another mean.
   with pytest.raises(ValueError, match="does not restore"):
-    restore.restore_weights(config, workdir, 1, MESH, "ema_3")
+    restore.restore_weights(config, workdir, 2, MESH, "ema_3")
 
 
 def test_bad_decays_are_rejected():
-  for bad in ((1.0,), ("0.9",), "0.9"):
+  for bad in ((1.0,), ("0.9",), (-0.1, 0.9)):  # (A bare string ConfigDict refuses itself.)
     config = F.tiny_config()
     config.train.ema_decays = bad
     with pytest.raises(ValueError, match="train.ema_decays must be a tuple of floats"):

@@ -215,21 +215,34 @@ _PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 
 
 
 def plot(records, path: str) -> None:
-  """The headline metric against cfg, one line per setting of the other knobs."""
+  """The headline metric (and the judge's accuracy, where it has one) against the first varying
+  numeric knob (cfg, else head steps as head evaluations per image, else temperature), one line
+  per setting of the others."""
   name = primary(records[0]["metrics"])[0]
-  others = [k for k in varying(records) if k != "cfg"]
-  series = {}
-  for r in records:
-    label = " ".join(f"{k}={r[k]}" for k in others) or name
-    series.setdefault(label, []).append((r["cfg"], r["metrics"][name]))
-  width, height = 900, 520
-  image = Image.new("RGB", (width, height), (255, 255, 255))
+  moving = varying(records)
+  x_knob = next((k for k in ("cfg", "num_steps", "temperature") if k in moving), "cfg")
+  others = [k for k in moving if k != x_knob]
+  # Head steps are read as their cost, so an annealed schedule sits where its calls put it.
+  x_of = (lambda r: r["head_evaluations"]) if x_knob == "num_steps" else (lambda r: r[x_knob])
+  x_knob = "head evaluations per image" if x_knob == "num_steps" else x_knob
+  panels = [(name, f"{name} against {x_knob} (lower is better)")]
+  accuracy = name.split("_")[0] + "_accuracy"
+  if all(accuracy in r["metrics"] for r in records):
+    panels.append((accuracy, f"{accuracy} against {x_knob} (higher is better)"))
+  width, panel_h = 900, 420
+  image = Image.new("RGB", (width, panel_h * len(panels)), (255, 255, 255))
   draw = ImageDraw.Draw(image)
   font = report.label_font(12)
-  data = {k: (np.array([x for x, _ in sorted(v)]), np.array([y for _, y in sorted(v)]),
-              np.zeros(len(v))) for k, v in series.items()}
-  colours = {k: _PALETTE[i % len(_PALETTE)] for i, k in enumerate(data)}
-  report.line_panel(draw, (70, 60, width - 260, height - 40), data,
-                    f"{name} against cfg (lower is better)", font, colours=colours,
-                    legend_x=width - 240)
+  for row, (metric, title) in enumerate(panels):
+    series = {}
+    for r in records:
+      label = " ".join(f"{k}={r[k]}" for k in others) or metric
+      series.setdefault(label, []).append((x_of(r), r["metrics"][metric]))
+    data = {k: (np.array([x for x, _ in sorted(v)], np.float64),
+                np.array([y for _, y in sorted(v)], np.float64), np.zeros(len(v)))
+            for k, v in series.items()}
+    colours = {k: _PALETTE[i % len(_PALETTE)] for i, k in enumerate(data)}
+    top = row * panel_h
+    report.line_panel(draw, (70, top + 50, width - 280, top + panel_h - 40), data, title, font,
+                      colours=colours, legend_x=width - 260)
   files.save_png(image, path)
