@@ -25,6 +25,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Config t
 _BATCH = flags.DEFINE_integer("batch", 64, "Images per call.")
 _MIN_STEPS = flags.DEFINE_integer("min_steps", 4, "The annealed schedule's last-patch steps.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls per row (the median is printed).")
+_QUICK = flags.DEFINE_bool("quick", False, "One timed call per row (for the tests).")
 
 
 def head_scan(model, width: int, num_patches: int, batch: int, solver: str, steps_N, form: str, max_steps):
@@ -71,7 +72,7 @@ def main(argv):
             ("while, annealed", annealed, "while"), ("masked, annealed", annealed, "masked"))
     for name, steps_N, form in rows:
       fn = head_scan(model, config.model.backbone.width, n, b, solver, steps_N, form, steps)
-      ms = 1e3 * C.median(C.time_calls(fn, _REPEATS.value))
+      ms = 1e3 * C.median(C.time_calls(fn, 1 if _QUICK.value else _REPEATS.value))
       print(f"{solver:5s} {name:17s} {ms:8.1f} ms per {b} images  "
             f"{b / ms * 1e3:8.1f} images/s (head ODE only)")
 

@@ -22,6 +22,7 @@ SCRIPTS = {
     "bench_sampler": ("kv-cache", "full recompute", "per token", "target flat within 1.5x",
                       "throughput at batch 64", "images/s", "FLOP utilisation", "jnp.dot peak"),
     "bench_input_pipeline": ("images/s per core", "cores per device"),
+    "bench_annealing": ("static (off)", "while, flat", "while, annealed", "masked, annealed"),
 }
 
 
