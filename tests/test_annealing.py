@@ -15,7 +15,7 @@ from pra_jax.sampling import annealing, ar_loop
 
 LABELS = jnp.array([0, 3, 7, 9], jnp.int32)
 GUIDED = ar_loop.SampleSettings(num_steps=6, solver="heun", cfg=2.0, cfg_schedule="linear",
-                                temperature=0.9)
+                                temperature=0.9, min_steps=0)
 
 
 @pytest.fixture(scope="module")

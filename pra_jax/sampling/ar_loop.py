@@ -30,7 +30,7 @@ class SampleSettings:
   cfg: float                   # Guidance scale; 1 disables the unconditional half.
   cfg_schedule: str            # One of CFG_SCHEDULES.
   temperature: float           # Scales the head's initial noise.
-  min_steps: int = 0           # Step annealing: 0 = off (num_steps at every patch), else the
+  min_steps: int               # Step annealing: 0 = off (num_steps at every patch), else the
                                # head steps fall linearly to min_steps at the last patch.
   use_cache: bool = True       # False recomputes the whole prefix every step (for checks).
 
@@ -52,7 +52,7 @@ class SampleSettings:
     """config.sample's settings; an override that is not None (a flag given) replaces one."""
     fields = dict(num_steps=sample_cfg.num_steps, solver=sample_cfg.solver, cfg=sample_cfg.cfg,
                   cfg_schedule=sample_cfg.cfg_schedule, temperature=sample_cfg.temperature,
-                  min_steps=sample_cfg.get("min_steps", 0))
+                  min_steps=sample_cfg.min_steps)
     fields.update({k: v for k, v in overrides.items() if v is not None})
     return cls(**fields)
 
@@ -61,7 +61,7 @@ class SampleSettings:
     """The training rollouts' draw (pra_jax.rollout's 'exact' mode, with rollout.head_sample_steps
     steps): Euler, no guidance, temperature 1, whatever config.sample says."""
     return cls(num_steps=num_steps, solver="euler", cfg=1.0, cfg_schedule="constant",
-               temperature=1.0)
+               temperature=1.0, min_steps=0)
 
 
 def cfg_scales(settings: SampleSettings, num_patches: int, cfg=None) -> jax.Array:
