@@ -26,12 +26,17 @@ def _part(use_ema) -> str:
 def _restore(ckpt, step: int, config, mesh, use_ema: bool, *, replicate: bool):
   """The model of checkpoint `step`, its arrays on `mesh`: replicated, or sharded by the
   model's own logical axes (as training holds them)."""
+  part = _part(use_ema)
+  known = ["model", "ema"] + [f"ema_{i}" for i in
+                              range(1, len(train_step.extra_ema_decays(config)) + 1)]
+  if part not in known:  # Orbax's partial restore would hand back the request unfilled.
+    raise ValueError(f"no weights {part!r} in this run: it keeps {known} ('model' = raw; "
+                     f"ema_<i>: train.ema_decays)")
   graphdef, abstract = nnx.split(pra.abstract_model(config, mesh))
   placement = (lambda _: sharding.replicated(mesh)) if replicate else (
       lambda x: NamedSharding(mesh, x.sharding.spec))
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=placement(x)),
                         abstract)
-  part = _part(use_ema)
   args = ocp.args.Composite(state=ocp.args.PyTreeRestore(
       item={part: target}, partial_restore=True,
       restore_args={part: jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding),

@@ -29,7 +29,7 @@ def test_each_extra_ema_follows_its_own_decay_and_restores_by_name(tmp_path):
   moved = lambda a, b: max(float(np.abs(a[k] - b[k]).max()) for k in a)
   assert moved(raw, at(1, "raw")) > 1e-4         # Step 2 moved the weights.
   assert moved(ema_1, ema) > 1e-6                # The main EMA (0.9, warmed up) is another mean.
-  with pytest.raises(ValueError, match="does not restore"):
+  with pytest.raises(ValueError, match=r"no weights 'ema_3' in this run: it keeps"):
     restore.restore_weights(config, workdir, 2, MESH, "ema_3")
 
 
