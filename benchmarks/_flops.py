@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from pra_jax import sharding, train_step
 from pra_jax.models import layers
+from pra_jax.sampling import annealing
 
 
 def train_step_flops(config, batch: int) -> dict[str, float]:
@@ -76,7 +77,7 @@ def _decoder_row(config) -> float:
 
 
 def sample_flops(config, num_steps: int | None = None, solver: str | None = None,
-                 cfg: float | None = None) -> dict[str, float]:
+                 cfg: float | None = None, min_steps: int | None = None) -> dict[str, float]:
   """Analytic FLOPs of generating one image with the KV-cached sampler, by component.
 
   Counted as the sampler computes it (ar_loop.sample_patches), matmuls only: the backbone runs the
@@ -85,6 +86,8 @@ def sample_flops(config, num_steps: int | None = None, solver: str | None = None
   with CFG (conditional and null class); the head runs N positions x num_steps ODE steps x
   (1 evaluation per Euler step, 2 per Heun step), also on 2 rows with CFG; the decoder turns
   each of the N states into pixels once (the conditional row only). Defaults: config.sample.
+  With step annealing (min_steps > 0) patch i takes its scheduled steps instead, and Heun skips
+  the second evaluation of each patch's last step (pra_jax.sampling.annealing.integrate).
   """
   sp, m = config.sample, config.model
   b = m.backbone
@@ -98,8 +101,12 @@ def sample_flops(config, num_steps: int | None = None, solver: str | None = None
   cache_len = b.num_class_tokens + n - 1
   per_token = b.depth * (2 * (4 * width ** 2 + gated * width * mlp) + 2 * 2 * cache_len * width)
   backbone = rows * (cache_len * per_token + (n - 1) * 2 * p * width)
-  evals = num_steps * (2 if solver == "heun" else 1)
-  out = {"backbone": backbone, "head": rows * n * evals * _head_row(config),
+  min_steps = sp.get("min_steps", 0) if min_steps is None else min_steps
+  if min_steps:
+    evals = annealing.head_evaluations(num_steps, min_steps, n, solver)
+  else:
+    evals = n * num_steps * (2 if solver == "heun" else 1)
+  out = {"backbone": backbone, "head": rows * evals * _head_row(config),
          "decoder": n * _decoder_row(config)}
   out["total"] = sum(out.values())
   return out

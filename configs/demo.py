@@ -42,6 +42,7 @@ def get_config():
 
   sp = c.sample
   sp.num_steps = 20
+  sp.solver = "euler"              # The sampler every demo figure in the README was measured with.
   sp.cfg = 2.0
   sp.batch_size = 100
   return c

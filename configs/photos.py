@@ -29,5 +29,6 @@ def get_config():
   t = c.train
   t.num_steps = 2000
   t.sample_every = 1000
-  t.eval_every = 0                 # The periodic eval scores digits or Inception; the study, photos.
+  t.eval_every = 0                 # Off: the study scores photos (with the judge a periodic eval
+                                   # would use, pra_jax.periodic_eval).
   return c

@@ -72,8 +72,8 @@ def _type_ok(field: config_schema.Field, value) -> bool:
     return want is bool and isinstance(value, bool)
   if want is float:
     return isinstance(value, (int, float))
-  if want is tuple:
-    return isinstance(value, (tuple, list)) and all(isinstance(v, str) for v in value)
+  if want is tuple:   # Its items are checked with the field's meaning (validate, below).
+    return isinstance(value, (tuple, list))
   return isinstance(value, want)
 
 
@@ -133,6 +133,15 @@ def validate(config) -> None:
   if isinstance(config.train.weight_decay_on, str) or bad:
     raise ValueError(f"config train.weight_decay_on={tuple(config.train.weight_decay_on)!r} must "
                      f"be a tuple of parameter names from {known}")
+  decays = config.train.ema_decays
+  if isinstance(decays, str) or not all(
+      isinstance(d, float) and 0.0 <= d < 1.0 for d in decays):
+    raise ValueError(f"config train.ema_decays must be a tuple of floats in [0, 1), got "
+                     f"{decays!r}")
+  sp = config.sample
+  if sp.min_steps > sp.num_steps:
+    raise ValueError(f"config sample.min_steps must be an integer in [0, sample.num_steps = "
+                     f"{sp.num_steps}] (0 = no annealing), got {sp.min_steps!r}")
   check_microbatches(config, 1)
   profiling.parse_steps(config.train.profile_steps)
   num_patches = (config.data.image_size // config.model.patch_size) ** 2

@@ -1,6 +1,6 @@
 """Quality metrics of the EMA model during training, written to the CLU dashboard.
 
-Digits runs use the digits judge (no files needed); other runs compute FID/IS against the
+Digits and photos runs use their judge (no files needed); other runs compute FID/IS against the
 reference batch in config.eval when its files are given.
 """
 
@@ -22,6 +22,9 @@ def evaluate_samples(images: np.ndarray, labels: np.ndarray, config, cache_dir: 
   if config.data.source == "digits":
     from pra_jax.metrics import digits
     return digits.evaluate_digits(images, labels, cache_dir)
+  if config.data.source == "photos":
+    from pra_jax.metrics import photos
+    return photos.evaluate_photos(images, labels, cache_dir)
   if config.eval.inception_path and config.eval.ref_path:
     from pra_jax.metrics import scoring
     return scoring.evaluate_inception(images, labels, config.eval.ref_path,

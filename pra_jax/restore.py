@@ -12,23 +12,31 @@ from absl import logging
 from flax import nnx
 from jax.sharding import NamedSharding
 
-from pra_jax import checkpoint, cli, config_check, run_record, sharding
+from pra_jax import checkpoint, cli, config_check, run_record, sharding, train_step
 from pra_jax.models import pra
 
 
-def _part(use_ema: bool) -> str:
+def _part(use_ema) -> str:
+  """use_ema: True (part 'ema'), False ('model'), or a weights name of train_step.weights_part."""
+  if isinstance(use_ema, str):
+    return train_step.weights_part(use_ema)
   return "ema" if use_ema else "model"
 
 
 def _restore(ckpt, step: int, config, mesh, use_ema: bool, *, replicate: bool):
   """The model of checkpoint `step`, its arrays on `mesh`: replicated, or sharded by the
   model's own logical axes (as training holds them)."""
+  part = _part(use_ema)
+  known = ["model", "ema"] + [f"ema_{i}" for i in
+                              range(1, len(train_step.extra_ema_decays(config)) + 1)]
+  if part not in known:  # Orbax's partial restore would hand back the request unfilled.
+    raise ValueError(f"no weights {part!r} in this run: it keeps {known} ('model' = raw; "
+                     f"ema_<i>: train.ema_decays)")
   graphdef, abstract = nnx.split(pra.abstract_model(config, mesh))
   placement = (lambda _: sharding.replicated(mesh)) if replicate else (
       lambda x: NamedSharding(mesh, x.sharding.spec))
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=placement(x)),
                         abstract)
-  part = _part(use_ema)
   args = ocp.args.Composite(state=ocp.args.PyTreeRestore(
       item={part: target}, partial_restore=True,
       restore_args={part: jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding),
@@ -38,14 +46,14 @@ def _restore(ckpt, step: int, config, mesh, use_ema: bool, *, replicate: bool):
   except Exception as e:  # pylint: disable=broad-except
     raise ValueError(f"checkpoint {ckpt.directory}/{step} does not restore into this config's "
                      f"model ({type(e).__name__}: {str(e).splitlines()[0][:300]})") from e
-  logging.info("Restored the %s weights of step %d from %s.", "EMA" if use_ema else "raw", step,
-               ckpt.directory)
+  logging.info("Restored the %s weights of step %d from %s.", part, step, ckpt.directory)
   return nnx.merge(graphdef, restored["state"][part])
 
 
 def restore_weights(config, workdir: str, step: int, mesh, use_ema: bool = True):
   """The EMA (or raw) model of checkpoint `step`, replicated on every device of `mesh`: the
-  data-parallel sampler's layout, never the training mesh's."""
+  data-parallel sampler's layout, never the training mesh's. use_ema may also name the weights
+  ('ema', 'raw', 'ema_<i>' of train.ema_decays)."""
   ckpt = checkpoint.Checkpointer(workdir, config.checkpoint, read_only=True)
   return _restore(ckpt, step, config, mesh, use_ema, replicate=True)
 

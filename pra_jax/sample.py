@@ -29,6 +29,8 @@ _STEPS = flags.DEFINE_integer("steps", None, "Head ODE steps per patch.")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 _CLASSES = flags.DEFINE_list("classes", None, "Class ids to sample (default: all, cycled).")
 _RAW_WEIGHTS = flags.DEFINE_bool("raw_weights", False, "Sample raw weights, not the EMA.")
+_WEIGHTS = flags.DEFINE_string("weights", None, "ema_1, ema_2, ...: one of the run's "
+                               "train.ema_decays EMAs instead of the train.ema_decay one.")
 _PER_DEVICE_BATCH = flags.DEFINE_integer(
     "per_device_batch", None, "Images per device per call (default: config.sample.batch_size).")
 _CHUNK_SIZE = flags.DEFINE_integer(
@@ -70,7 +72,7 @@ def main(argv):
       config, _WORKDIR.value, _OUT.value, num_images=_NUM_IMAGES.value,
       classes=classes, seed=_SEED.value,
       cfg=_CFG.value, temperature=_TEMPERATURE.value, steps=_STEPS.value,
-      use_ema=not _RAW_WEIGHTS.value, per_device_batch=_PER_DEVICE_BATCH.value,
+      use_ema=_WEIGHTS.value or not _RAW_WEIGHTS.value, per_device_batch=_PER_DEVICE_BATCH.value,
       chunk_size=_CHUNK_SIZE.value, chunk_dir=_CHUNK_DIR.value,
       checkpoint_step=_CHECKPOINT_STEP.value)
   plan = result["plan"]

@@ -31,7 +31,22 @@ class TrainBundle(nnx.Module):
   def __init__(self, config):
     self.model = pra.PRA(config, rngs=nnx.Rngs(config.seed))
     self.ema = nnx.clone(self.model)
+    # train.ema_decays: more EMAs beside `ema`, each its own checkpoint part ema_1, ema_2, ... (so
+    # one run can be swept over its EMA: python -m pra_jax.sweep --weights). Each costs one more
+    # copy of the parameters in memory and in every checkpoint.
+    for i in range(1, len(extra_ema_decays(config)) + 1):
+      setattr(self, f"ema_{i}", nnx.clone(self.model))
     self.optimizer = nnx.Optimizer(self.model, optim.make_optimizer(config.train), wrt=nnx.Param)
+
+
+def extra_ema_decays(config) -> tuple:
+  return tuple(config.train.get("ema_decays", ()))
+
+
+def weights_part(weights: str) -> str:
+  """The checkpoint part of a weights name: 'ema', 'ema_<i>' (train.ema_decays[i - 1]) or
+  'raw' (the trained weights, part 'model')."""
+  return "model" if weights == "raw" else weights
 
 
 def create_bundle(config, mesh) -> TrainBundle:
@@ -116,6 +131,10 @@ def train_step(graphdef, state, images, labels, *, config):
   params = nnx.state(bundle.model, nnx.Param)
   decay = optim.ema_decay_at(config.train.ema_decay, step)
   nnx.update(bundle.ema, optim.ema_update(nnx.state(bundle.ema, nnx.Param), params, decay))
+  for i, extra_decay in enumerate(extra_ema_decays(config), 1):
+    ema = getattr(bundle, f"ema_{i}")
+    nnx.update(ema, optim.ema_update(nnx.state(ema, nnx.Param), params,
+                                     optim.ema_decay_at(extra_decay, step)))
 
   # The updated weights are checked too: a finite gradient can still overflow them.
   param_norm = optax.global_norm(params)

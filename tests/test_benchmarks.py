@@ -22,6 +22,7 @@ SCRIPTS = {
     "bench_sampler": ("kv-cache", "full recompute", "per token", "target flat within 1.5x",
                       "throughput at batch 64", "images/s", "FLOP utilisation", "jnp.dot peak"),
     "bench_input_pipeline": ("images/s per core", "cores per device"),
+    "bench_annealing": ("static (off)", "while, flat", "while, annealed", "masked, annealed"),
 }
 
 
@@ -62,16 +63,25 @@ def test_sampler_flops_and_the_projection_are_counted_not_typed():
   from configs import pra_l
 
   config = pra_l.get_config()
-  f = _flops.sample_flops(config)
+  f = _flops.sample_flops(config, num_steps=50, solver="euler")
   # The KV-cached backbone does the teacher-forced forward's work (every token through every
   # layer, attention over the full C + N - 1 square), on 2 rows with CFG, 1 without.
   forward = _flops.train_step_flops(config, 1)["backbone"] / 3
   assert f["backbone"] == pytest.approx(2 * forward)
   assert _flops.sample_flops(config, cfg=1.0)["backbone"] == pytest.approx(forward)
   # Head: N positions x steps x (2 evaluations per Heun step), 2 rows with CFG.
-  assert _flops.sample_flops(config, num_steps=10)["head"] == pytest.approx(f["head"] / 5)
-  assert _flops.sample_flops(config, solver="heun")["head"] == pytest.approx(2 * f["head"])
-  assert _flops.sample_flops(config, cfg=1.0)["head"] == pytest.approx(f["head"] / 2)
+  assert _flops.sample_flops(config, num_steps=10, solver="euler")["head"] == pytest.approx(
+      f["head"] / 5)
+  assert _flops.sample_flops(config, num_steps=50, solver="heun")["head"] == pytest.approx(
+      2 * f["head"])
+  assert _flops.sample_flops(config, num_steps=50, solver="euler", cfg=1.0)["head"] == \
+      pytest.approx(f["head"] / 2)
+  # Annealed (50 -> 4 over 256 patches): each patch's scheduled steps, Heun one call fewer each.
+  steps = sum(round(50 - 46 * i / 255) for i in range(256))
+  assert _flops.sample_flops(config, num_steps=50, solver="euler", min_steps=4)["head"] == \
+      pytest.approx(f["head"] * steps / (50 * 256))
+  assert _flops.sample_flops(config, num_steps=50, solver="heun", min_steps=4)["head"] == \
+      pytest.approx(f["head"] * (2 * steps - 256) / (50 * 256))
   flops, rows = _flops.projection(config, 0.4, 50_000)
   for name, chips, peak, seconds in rows:
     assert seconds == pytest.approx(50_000 * flops["total"] / (chips * peak * 0.4))

@@ -180,7 +180,7 @@ def test_image_k_is_keyed_by_seed_and_k_alone():
   ar_loop.generate given rng.example_keys for indices 3..6: the same images."""
   model = F.random_model(F.tiny_config(), seed=4)
   settings = ar_loop.SampleSettings(num_steps=2, solver="euler", cfg=2.0, cfg_schedule="linear",
-                                    temperature=1.0)
+                                    temperature=1.0, min_steps=0)
   seed = 5
   labels = np.array([0, 3, 7, 9, 1, 1, 4, 2], np.int32)
   generator = data_parallel.DataParallelGenerator(model, data_parallel.sampling_mesh(),

@@ -23,9 +23,11 @@ SETTINGS = {
     # num_steps = rollout.head_sample_steps: the exact input mode's sampler, compiled once.
     "euler": ar_loop.SampleSettings.unguided(4),
     "euler_cfg_linear": ar_loop.SampleSettings(num_steps=4, solver="euler", cfg=2.0,
-                                               cfg_schedule="linear", temperature=1.0),
+                                               cfg_schedule="linear", temperature=1.0,
+                                               min_steps=0),
     "heun_cfg_constant": ar_loop.SampleSettings(num_steps=3, solver="heun", cfg=2.0,
-                                                cfg_schedule="constant", temperature=1.0),
+                                                cfg_schedule="constant", temperature=1.0,
+                                                min_steps=0),
 }
 # The Heun case also decodes with the context h (test_model checks the cache under learned
 # positions: through 16 sampled patches a random model amplifies float error past 1e-4 there).

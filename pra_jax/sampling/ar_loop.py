@@ -16,6 +16,7 @@ from flax import nnx
 
 from pra_jax import batching, rng
 from pra_jax.models import head as head_lib
+from pra_jax.sampling import annealing
 
 CFG_SCHEDULES = ("constant", "linear")
 
@@ -29,18 +30,24 @@ class SampleSettings:
   cfg: float                   # Guidance scale; 1 disables the unconditional half.
   cfg_schedule: str            # One of CFG_SCHEDULES.
   temperature: float           # Scales the head's initial noise.
+  min_steps: int               # Step annealing: 0 = off (num_steps at every patch), else the
+                               # head steps fall linearly to min_steps at the last patch.
   use_cache: bool = True       # False recomputes the whole prefix every step (for checks).
 
   def __post_init__(self):  # solver and cfg_schedule come from a checked config (config_check).
     if self.num_steps < 1 or self.temperature < 0:
       raise ValueError(f"num_steps must be >= 1 and temperature >= 0, got {self.num_steps}, "
                        f"{self.temperature}")
+    if not 0 <= self.min_steps <= self.num_steps:
+      raise ValueError(f"min_steps must be 0 (no annealing) or in [1, num_steps = "
+                       f"{self.num_steps}], got {self.min_steps}")
 
   @classmethod
   def from_config(cls, sample_cfg, **overrides):
     """config.sample's settings; an override that is not None (a flag given) replaces one."""
     fields = dict(num_steps=sample_cfg.num_steps, solver=sample_cfg.solver, cfg=sample_cfg.cfg,
-                  cfg_schedule=sample_cfg.cfg_schedule, temperature=sample_cfg.temperature)
+                  cfg_schedule=sample_cfg.cfg_schedule, temperature=sample_cfg.temperature,
+                  min_steps=sample_cfg.min_steps)
     fields.update({k: v for k, v in overrides.items() if v is not None})
     return cls(**fields)
 
@@ -49,22 +56,29 @@ class SampleSettings:
     """The training rollouts' draw (pra_jax.rollout's 'exact' mode, with rollout.head_sample_steps
     steps): Euler, no guidance, temperature 1, whatever config.sample says."""
     return cls(num_steps=num_steps, solver="euler", cfg=1.0, cfg_schedule="constant",
-               temperature=1.0)
+               temperature=1.0, min_steps=0)
 
 
-def cfg_scales(settings: SampleSettings, num_patches: int) -> jax.Array:
-  """Guidance per position: constant, or rising linearly from 1 to cfg over the sequence."""
+def cfg_scales(settings: SampleSettings, num_patches: int, cfg=None) -> jax.Array:
+  """Guidance per position: constant, or rising linearly from 1 to cfg over the sequence.
+  `cfg` (may be traced) replaces settings.cfg."""
+  cfg = settings.cfg if cfg is None else cfg
   if settings.cfg_schedule == "constant":
-    return jnp.full((num_patches,), settings.cfg, jnp.float32)
-  return 1.0 + (settings.cfg - 1.0) * jnp.arange(num_patches, dtype=jnp.float32) / num_patches
+    return jnp.full((num_patches,), cfg, jnp.float32)
+  return 1.0 + (cfg - 1.0) * jnp.arange(num_patches, dtype=jnp.float32) / num_patches
 
 
-def sample_patches(model, labels_B, key, settings: SampleSettings, start_BNZ=None, t0=0.0):
+def sample_patches(model, labels_B, key, settings: SampleSettings, start_BNZ=None, t0=0.0,
+                   knobs=None):
   """Generates every patch of B images: returns (pixels x_BNP in [-1, 1], states g_BNZ).
 
   `key`: one key (images get keys 0..B-1 of it) or [B] per-image keys. With `start_BNZ` (the
   coupled 'exact' training rollout, pra_jax.rollout) patch i's head ODE runs from t0 to 1,
   started at t0 * start_BNZ[:, i] + (1 - t0) * noise: a rollout held near given states.
+
+  `knobs` (the sweep's one compile for many points): a dict of arrays read at run time instead
+  of settings' values, 'cfg' and 'temperature' float32 scalars and 'steps_N' int32 [N] head
+  steps per patch. Guidance on or off (cfg == 1) stays settings' choice: it sets the rows.
   """
   b, n = labels_B.shape[0], model.num_patches
   keys_B = rng.as_example_keys(key, b)
@@ -73,16 +87,26 @@ def sample_patches(model, labels_B, key, settings: SampleSettings, start_BNZ=Non
   position_scan = lambda body: nnx.scan(body, in_axes=(nnx.Carry, None, 0), out_axes=(nnx.Carry, 0))
   guided = settings.cfg != 1.0
   y = jnp.concatenate([labels_B, jnp.full_like(labels_B, model.null_class)]) if guided else labels_B
-  scales_N = cfg_scales(settings, n)
+  knobs = knobs or {}
+  scales_N = cfg_scales(settings, n, knobs.get("cfg"))
+  temperature = knobs.get("temperature", settings.temperature)
+  steps_N = knobs.get("steps_N")
+  if steps_N is None and settings.min_steps:
+    steps_N = annealing.steps_per_position(settings.num_steps, settings.min_steps, n)
+
+  def head_ode(model, h_RD, noise, i):
+    kw = dict(solver=settings.solver, h_uncond_MD=h_RD[b:] if guided else None,
+              cfg_scale=scales_N[i], t0=t0)
+    if steps_N is None:  # No annealing: the static loop, as before annealing existed.
+      return head_lib.sample(model.head, h_RD[:b], noise, num_steps=settings.num_steps, **kw)
+    return annealing.integrate(model.head, h_RD[:b], noise, steps_N[i], **kw)
 
   def draw_patch(model, h_RD, i):
-    noise = settings.temperature * jax.vmap(
+    noise = temperature * jax.vmap(
         lambda k: jax.random.normal(jax.random.fold_in(k, i), (model.gen_dim,)))(keys_B)
     if start_BNZ is not None:
       noise = t0 * start_BNZ[:, i] + (1.0 - t0) * noise
-    g_BZ = head_lib.sample(
-        model.head, h_RD[:b], noise, num_steps=settings.num_steps, solver=settings.solver,
-        h_uncond_MD=h_RD[b:] if guided else None, cfg_scale=scales_N[i], t0=t0)
+    g_BZ = head_ode(model, h_RD, noise, i)
     x_BP = model.decode(g_BZ, h_RD[:b])
     # Both halves of a guided batch see the same generated patch, as at inference they must.
     x_RP = jnp.concatenate([x_BP, x_BP]) if guided else x_BP

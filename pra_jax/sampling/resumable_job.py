@@ -51,7 +51,7 @@ class Plan:
   chunk_dir: str
   workdir: str
   step: int
-  use_ema: bool
+  use_ema: bool | str       # True / False, or a weights name ('ema_1': train.ema_decays[0]).
   seed: int
   settings: ar_loop.SampleSettings
   classes: list
@@ -84,7 +84,8 @@ def _manifest(plan: Plan, config, checkpoint_dir: str) -> dict:
   return {"format": 1, "seed": plan.seed, "num_images": len(plan.labels_X),
           "classes": plan.classes, "chunk_size": plan.chunk_size,
           "checkpoint.dir": checkpoint_dir, "checkpoint.step": plan.step,
-          "weights": "ema" if plan.use_ema else "raw",
+          "weights": plan.use_ema if isinstance(plan.use_ema, str) else (
+              "ema" if plan.use_ema else "raw"),
           **_flat(settings, "ar_loop."), **_flat(shapes, "config.")}
 
 

@@ -18,8 +18,11 @@ def label_font(size: int):
     return ImageFont.load_default()
 
 
-def line_panel(draw, box, series: dict, title: str, font, reference: float | None = None):
-  """Draws {name: (x, y, err)} as lines with error bars inside box = (left, top, right, bottom)."""
+def line_panel(draw, box, series: dict, title: str, font, reference: float | None = None,
+               colours: dict | None = None, legend_x: int | None = None):
+  """Draws {name: (x, y, err)} as lines with error bars inside box = (left, top, right, bottom).
+  `colours` ({name: rgb}) replaces the input-mode colours; `legend_x` lists the legend down the
+  right of the panel from that x (for more or longer names than fit above it)."""
   left, top, right, bottom = box
   xs = np.concatenate([s[0] for s in series.values()])
   lows = np.concatenate([s[1] - s[2] for s in series.values()])
@@ -46,13 +49,18 @@ def line_panel(draw, box, series: dict, title: str, font, reference: float | Non
   if reference is not None:
     draw.line([(left, py(reference)), (right, py(reference))], fill=(160, 160, 160))
   for i, (name, (x, y, err)) in enumerate(series.items()):
-    colour = COLOURS.get(name.split("/")[0], (0, 0, 0))
+    colour = (colours or {}).get(name) or COLOURS.get(name.split("/")[0], (0, 0, 0))
     points = [(px(a), py(b)) for a, b in zip(x, y)]
     draw.line(points, fill=colour, width=2)
     for (a, b), e in zip(points, err):
       half = e / (y_hi - y_lo) * (bottom - top)
       draw.line([(a, b - half), (a, b + half)], fill=colour)
       draw.ellipse([a - 2, b - 2, a + 2, b + 2], fill=colour)
+    if legend_x is not None:
+      y_key = top + 16 * i + 8
+      draw.line([(legend_x, y_key), (legend_x + 20, y_key)], fill=colour, width=2)
+      draw.text((legend_x + 25, y_key - 7), name, fill=(0, 0, 0), font=font)
+      continue
     # The legend sits between the title and the panel's right end, clear of the curves.
     x_key = right - 110 * (len(series) - i)
     draw.line([(x_key, top - 11), (x_key + 20, top - 11)], fill=colour, width=2)
