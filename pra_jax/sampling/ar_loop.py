@@ -58,10 +58,11 @@ class SampleSettings:
 
 
 def cfg_scales(settings: SampleSettings, num_patches: int) -> jax.Array:
-  """Guidance per position: constant, or rising linearly from 1 to cfg over the sequence."""
+  """Guidance per position: constant, or rising linearly from exactly 1 at the first patch (no
+  guidance: it sees only the class) to exactly cfg at the last, 1 + (cfg - 1) i / (N - 1)."""
   if settings.cfg_schedule == "constant":
     return jnp.full((num_patches,), settings.cfg, jnp.float32)
-  return 1.0 + (settings.cfg - 1.0) * jnp.arange(num_patches, dtype=jnp.float32) / num_patches
+  return jnp.linspace(1.0, settings.cfg, num_patches, dtype=jnp.float32)
 
 
 def sample_patches(model, labels_B, key, settings: SampleSettings, start_BNZ=None, t0=0.0):
