@@ -29,7 +29,7 @@ class TrainBundle(nnx.Module):
   """Everything a step updates: the model, its EMA and the optimizer state."""
 
   def __init__(self, config):
-    self.model = pra.PRA(config, rngs=nnx.Rngs(config.seed))
+    self.model = pra.PRA(config, rngs=nnx.Rngs(rng.stream(config.seed, "init")))
     self.ema = nnx.clone(self.model)
     self.optimizer = nnx.Optimizer(self.model, optim.make_optimizer(config.train), wrt=nnx.Param)
 
@@ -101,8 +101,7 @@ def train_step(graphdef, state, images, labels, *, config):
   old_leaves = jax.tree.leaves(state)
   bundle = nnx.merge(graphdef, state)
   step = bundle.optimizer.step[...]
-  keys_B = rng.example_keys(jax.random.fold_in(jax.random.key(config.seed), step),
-                            images.shape[0])
+  keys_B = rng.example_keys(rng.train_step_key(config.seed, step), images.shape[0])
 
   def loss_fn(model, images, labels, keys):
     terms, _ = loss.forward_train(model, images, labels, keys, step, config)
