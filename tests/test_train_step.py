@@ -145,6 +145,23 @@ def test_a_skipped_nonfinite_batch_leaves_no_trace():
       np.testing.assert_array_equal(a[path], b[path], err_msg=f"{part} {path}")
 
 
+def test_an_update_that_would_overflow_the_weights_is_skipped():
+  """A finite loss and gradient whose update would overflow float32 weights: decided before
+  the update is applied, the step is skipped like a non-finite batch and the state is kept."""
+  config = F.tiny_config(**{"train.nonfinite": "skip", "train.lr": 3.4e38,
+                            "train.warmup_steps": 0, "train.lr_schedule": "constant",
+                            "train.grad_clip": 0.0})
+  bundle = _bundle(config)
+  before = {part: F.flat_params(getattr(bundle, part)) for part in ("model", "ema")}
+  after, hist = run_steps(config, bundle, _batches(1))
+  assert np.isfinite(hist[0]["train/grad_norm"]) and np.isfinite(hist[0]["train/total"])
+  assert hist[0]["train/finite"] == 0.0
+  assert int(after.optimizer.step[...]) == 0
+  for part in ("model", "ema"):
+    for path, value in F.flat_params(getattr(after, part)).items():
+      np.testing.assert_array_equal(value, before[part][path], err_msg=f"{part} {path}")
+
+
 # -- one root key, separate streams ----------------------------------------------------------------
 
 
