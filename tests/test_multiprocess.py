@@ -122,6 +122,40 @@ def _start_pair(workdir, env, *flags):
   return procs
 
 
+def test_sigterm_during_the_compile_of_two_processes_exits_without_training(tmp_path):
+  """Nothing is trained while the first step compiles, so a SIGTERM then ends both processes at
+  once (status 0), without waiting out the compile or training the steps a stop vote needs."""
+  import signal
+  import time
+  workdir = str(tmp_path / "run")
+  # No compilation cache: the step compiles for seconds, and the signals come then.
+  env = dict(_env(), JAX_ENABLE_COMPILATION_CACHE="false")
+  procs = _start_pair(workdir, env, "--config.train.num_steps=100000")
+  try:
+    deadline = time.time() + 1200   # Start-up and init only; slow on a loaded machine.
+    while not all("Compiling the train step" in _log(workdir, i) for i in range(2)):
+      assert all(p.poll() is None for p in procs), [_log(workdir, i)[-3000:] for i in range(2)]
+      assert time.time() < deadline, [_log(workdir, i)[-3000:] for i in range(2)]
+      time.sleep(0.05)
+    sent = time.time()
+    for p in procs:
+      p.send_signal(signal.SIGTERM)
+    rcs = [p.wait(timeout=300) for p in procs]
+    print(f"two processes, SIGTERM during the compile: both exited {time.time() - sent:.1f} s "
+          f"after the signal")
+    assert rcs == [0, 0], [_log(workdir, i)[-3000:] for i in range(2)]
+    for i in range(2):
+      log = _log(workdir, i)
+      assert "nothing trained since the last checkpoint: exiting now" in log, log[-3000:]
+      assert "Train step compiled" not in log, log[-3000:]
+    ckpt = os.path.join(workdir, "checkpoints")
+    assert not os.path.isdir(ckpt) or not os.listdir(ckpt), os.listdir(ckpt)
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+
+
 def _wait_for_step(procs, workdir, step, timeout=400):
   import time
   deadline = time.time() + timeout
