@@ -173,7 +173,7 @@ def base_config() -> ml_collections.ConfigDict:
   sp.cfg_schedule = "linear"       # 'constant' | 'linear' (1 -> cfg over positions).
   sp.temperature = 1.0             # Scales the head's initial noise (1 = the learned law).
   sp.use_ema = True                # Sample the EMA weights (False: the raw trained ones).
-  sp.batch_size = 64               # Images per sampling call (pra_jax.sample: per device).
+  sp.batch_size = 64               # Images per device per call (sample, grids, evals alike).
   return c
 
 

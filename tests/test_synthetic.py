@@ -1,5 +1,6 @@
 """data.source=synthetic: the paper configs run end to end (compile, steps, checkpoint, resume)
-before ImageNet exists. pra_s.py shrunk to a few thousand parameters, in process."""
+before ImageNet exists. pra_s.py shrunk to a few thousand parameters, its schedule (warmup, logs,
+checkpoints, sample grids) scaled down with it, in process."""
 
 import os
 
@@ -19,10 +20,16 @@ def _config(num_steps):
   c.model.backbone.update(width=32, depth=2, num_heads=2)
   c.model.head.update(width=32, depth=1, num_draws=1)
   c.model.state.update(width=32, depth=1)
-  c.train.update(batch_size=4, num_steps=num_steps, warmup_steps=1, log_every=1)
-  c.train.sample_every = 0
+  c.train.update(batch_size=4, num_steps=num_steps)
+  # pra_s's own schedule, every period scaled by one factor (checkpoint.every -> 2), none turned
+  # off (grids every 4 steps, and at the end of each run, steps 2 and 3, where a save follows
+  # at the same step as at pra_s's 10,000). The sampler keeps pra_s's batch, 2 head steps of 50.
+  scale = 2 / c.checkpoint.every
+  for name in ("warmup_steps", "log_every", "sample_every"):
+    c.train[name] = max(1, round(c.train[name] * scale))
   c.checkpoint.every = 2
   c.checkpoint.async_save = False
+  c.sample.num_steps = 2
   return c
 
 
@@ -42,6 +49,7 @@ def test_pra_s_smoke_trains_checkpoints_and_resumes_on_synthetic_data(tmp_path):
   first = train.train_and_evaluate(_config(2), workdir)
   assert np.isfinite(first["train/total"])
   assert "2" in os.listdir(os.path.join(workdir, "checkpoints"))
+  assert os.listdir(os.path.join(workdir, "samples")) == ["step_0000002.png"]
   resumed = train.train_and_evaluate(_config(3), workdir)   # Resumes at step 2, runs step 3.
   assert np.isfinite(resumed["train/total"])
   assert "3" in os.listdir(os.path.join(workdir, "checkpoints"))
