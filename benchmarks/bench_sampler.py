@@ -25,6 +25,7 @@ from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
+from pra_jax import rng
 from pra_jax.sampling import ar_loop, data_parallel
 from pra_jax.models import head as head_lib
 from pra_jax.models import layers
@@ -138,11 +139,12 @@ def throughput(model, config, settings, batch: int, repeats: int) -> tuple[float
   """(images/s, seconds per call, batch) of the data-parallel generator at `batch` images per
   call (rounded up to a multiple of the local device count), compiled before timing."""
   mesh = data_parallel.sampling_mesh(jax.local_devices())
-  generator = data_parallel.DataParallelGenerator(model, mesh, settings, 0,
-                                                    -(-batch // mesh.size))
+  generator = data_parallel.DataParallelGenerator(model, mesh, settings, -(-batch // mesh.size))
+  key = rng.stream(0, "sample")
   index = np.arange(generator.batch)
   labels = (index % config.data.num_classes).astype(np.int32)
-  seconds = C.median(C.time_calls(lambda: generator.dispatch(index, labels), repeats, warmup=0))
+  seconds = C.median(C.time_calls(lambda: generator.dispatch(index, labels, key), repeats,
+                                  warmup=0))
   return generator.batch / seconds, seconds, generator.batch
 
 

@@ -347,7 +347,8 @@ FIELDS = (
     Field("sample.use_ema", True, RUN_TIME,
           "Sample the EMA weights (False: the raw trained ones)."),
     Field("sample.batch_size", 64, RUN_TIME,
-          "Images per sampling call (pra_jax.sample: per device).", range=Range(1)),
+          "Images per device per call (pra_jax.sample, the training grids and periodic evals "
+          "alike).", range=Range(1)),
 )
 
 BY_KEY = {f.key: f for f in FIELDS}

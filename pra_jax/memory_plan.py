@@ -301,8 +301,8 @@ def plan_sampler(config, devices, per_device_batch: int, settings, *,
   graphdef, state = _abstract_weights(config, mesh)
   model = nnx.merge(graphdef, state)
   t0 = time.perf_counter()
-  gen = data_parallel.DataParallelGenerator(model, mesh, settings, seed=0,
-                                       per_device_batch=per_device_batch)
+  gen = data_parallel.DataParallelGenerator(model, mesh, settings,
+                                            per_device_batch=per_device_batch)
   compile_s = time.perf_counter() - t0
   mem = gen.compiled.memory_analysis()
   rows = per_device_batch * (2 if settings.cfg != 1.0 else 1)

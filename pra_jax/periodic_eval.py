@@ -10,7 +10,8 @@ import jax
 import numpy as np
 from absl import logging
 
-from pra_jax.sampling import ar_loop
+from pra_jax import rng
+from pra_jax.sampling import data_parallel
 
 
 def balanced_labels(num_images: int, num_classes: int) -> np.ndarray:
@@ -34,11 +35,16 @@ def evaluate_samples(images: np.ndarray, labels: np.ndarray, config, cache_dir: 
   return {}
 
 
-def evaluate_model(model, config, workdir: str, step: int, writer=None, check_stop=None) -> dict:
+def evaluate_model(generator, config, workdir: str, step: int, writer=None,
+                   check_stop=None) -> dict:
+  """Samples config.eval.num_images images (classes balanced) from the weights `generator` holds,
+  on every device of every process (all processes call it), and scores them on process 0; the
+  others return {}."""
   labels = balanced_labels(config.eval.num_images, config.data.num_classes)
-  settings = ar_loop.SampleSettings.from_config(config.sample)
-  images = ar_loop.generate_many(model, labels, jax.random.key(config.seed + 2), settings,
-                                 min(config.sample.batch_size, len(labels)), check_stop)
+  images = data_parallel.generate_all(generator, labels, rng.stream(config.seed, "eval"),
+                                      check_stop)
+  if jax.process_index() != 0:
+    return {}
   metrics = evaluate_samples(images, labels, config, os.path.join(workdir, "eval_cache"))
   metrics = {f"eval/{k}": float(v) for k, v in metrics.items() if not isinstance(v, str)}
   if writer is not None and metrics:

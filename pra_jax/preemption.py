@@ -26,8 +26,12 @@ class Preemption:
   """SIGTERM (spot or preemptible capacity going away): stop with nothing lost, soon.
 
   - Nothing trained since the last committed checkpoint (compiling, restoring, loading data, or
-    just after a save), one process: exit 0 at once, even inside a compile. A watcher thread is
-    woken by the signal at C level (signal.set_wakeup_fd), so a busy main thread cannot delay it.
+    just after a save): exit 0 at once, even inside a compile. A watcher thread is woken by the
+    signal at C level (signal.set_wakeup_fd), so a busy main thread cannot delay it. With several
+    processes too: nothing can be lost, and waiting for the others would mean waiting out the
+    compile. A process that did not get the signal then fails its next collective and exits
+    with LOST_PEER_EXIT (or the coordination service's heartbeat timeout ends it); a restart
+    resumes from the same checkpoint.
   - Inside a sample grid or periodic eval (one process): the eval is abandoned, the loop saves.
   - Otherwise the loop saves at the end of the current step and exits 0. With several
     processes, the notice is shared through an all-reduce one step late (see `StopVote`), so
@@ -78,7 +82,7 @@ class Preemption:
         self.exit_if_clean()
 
   def exit_if_clean(self):
-    if self.single and not self.dirty and not self.is_saving():
+    if not self.dirty and not self.is_saving():
       logging.warning("SIGTERM with nothing trained since the last checkpoint: exiting now.")
       logging.flush()
       os._exit(0)  # pylint: disable=protected-access

@@ -20,7 +20,7 @@ from flax import nnx, traverse_util
 from pra_jax import (checkpoint, cli, config_check, data, periodic_eval, profiling, run_record,
                      sharding, train_step)
 from pra_jax import preemption as preemption_lib
-from pra_jax.sampling import grids
+from pra_jax.sampling import ar_loop, data_parallel, grids
 from pra_jax.models import pra
 
 
@@ -61,6 +61,34 @@ def _check_finite(step, metrics, config, skipped):
   raise FloatingPointError(f"non-finite {', '.join(bad)} at step {step}; the update was not "
                            f"applied and the last good state is checkpointed. Set "
                            f"--config.train.nonfinite=skip to step over such batches.")
+
+
+class _GridSampler:
+  """The data-parallel generator that grids and periodic evals share: every device of every
+  process samples (config.sample.batch_size images each per call), process 0 writes. Compiled at
+  the first grid or eval; it holds a replicated copy of the weights only while one runs."""
+
+  def __init__(self, graphdef, config, mesh):
+    self._graphdef, self._config, self._mesh = graphdef, config, mesh
+    self._generator = None
+
+  def load(self, state) -> data_parallel.DataParallelGenerator:
+    model = train_step.weights(nnx.merge(self._graphdef, state), self._config.sample.use_ema)
+    if self._generator is None:
+      mesh = data_parallel.sampling_mesh_like(self._mesh)
+      self._generator = data_parallel.DataParallelGenerator(
+          model, mesh, ar_loop.SampleSettings.from_config(self._config.sample),
+          self._config.sample.batch_size)
+      logging.info("Grid and eval sampler compiled in %.1f s: %d images per call (%d per device "
+                   "x %d devices).", self._generator.compile_s, self._generator.batch,
+                   self._config.sample.batch_size, mesh.size)
+    else:
+      self._generator.load(model)
+    return self._generator
+
+  def unload(self) -> None:
+    if self._generator is not None:
+      self._generator.unload()
 
 
 def train_and_evaluate(config, workdir: str, *, overwrite: bool = False) -> dict:
@@ -147,6 +175,7 @@ def _train(config, workdir, overwrite, preemption) -> dict:
   profiler = profiling.StepProfiler(config.train.profile_steps, workdir)
   vote = preemption_lib.StopVote(mesh, local_batch) if jax.process_count() > 1 else None
   pending, skipped, bad_images, last, last_eval = None, 0, 0, {}, {}
+  sampler = _GridSampler(graphdef, config, mesh)
 
   def flush(pending):
     nonlocal skipped, last
@@ -196,15 +225,16 @@ def _train(config, workdir, overwrite, preemption) -> dict:
             lambda agreed=vote(preemption.requested): agreed)
         if not stop() and config.train.sample_every and (
             step % config.train.sample_every == 0 or step == num_steps):
-          abortable(lambda: grids.write_grid(nnx.merge(graphdef, state), config, workdir, step,
+          abortable(lambda: grids.write_grid(sampler.load(state), config, workdir, step,
                                              writer, check_stop=preemption.check_abort),
                     "sample grid", step)
+          sampler.unload()
         if not stop() and config.train.eval_every and (
             step % config.train.eval_every == 0 or step == num_steps):
-          model = train_step.weights(nnx.merge(graphdef, state), config.sample.use_ema)
           last_eval = abortable(lambda: periodic_eval.evaluate_model(
-              model, config, workdir, step, writer, check_stop=preemption.check_abort),
-              "periodic eval", step) or last_eval
+              sampler.load(state), config, workdir, step, writer,
+              check_stop=preemption.check_abort), "periodic eval", step) or last_eval
+          sampler.unload()
         preempted = stop() or ckpt.reached_preemption(step)
         if step % config.checkpoint.every == 0 or step == num_steps or preempted:
           flush(pending)

@@ -29,7 +29,7 @@ class TrainBundle(nnx.Module):
   """Everything a step updates: the model, its EMA and the optimizer state."""
 
   def __init__(self, config):
-    self.model = pra.PRA(config, rngs=nnx.Rngs(config.seed))
+    self.model = pra.PRA(config, rngs=nnx.Rngs(rng.stream(config.seed, "init")))
     self.ema = nnx.clone(self.model)
     # train.ema_decays: more EMAs beside `ema`, each its own checkpoint part ema_1, ema_2, ... (so
     # one run can be swept over its EMA: python -m pra_jax.sweep --weights). Each costs one more
@@ -104,20 +104,28 @@ def accumulate_gradients(loss_fn, model, batch, num_micro: int):
           jax.tree.map(lambda g: g / num_micro, grad_sum))
 
 
+def _all_finite(tree) -> jax.Array:
+  """True if every element of every leaf is finite (elementwise: a huge but finite tree is
+  finite, where a norm would overflow)."""
+  ok = jnp.bool_(True)
+  for leaf in jax.tree.leaves(tree):
+    ok &= jnp.all(jnp.isfinite(leaf))
+  return ok
+
+
 def train_step(graphdef, state, images, labels, *, config):
   """One update. Returns (new state, flat dict of scalar metrics).
 
   One step counter drives everything: the optimizer's count of applied updates keys the rng,
   the sigma schedule, the learning rate and the EMA warm-up. A step whose loss or gradient is
-  not finite changes nothing (the update and the count are masked out), so the state is always
-  safe to checkpoint and a skipped batch leaves no trace; the host decides whether to go on.
+  not finite, or whose update would make a parameter non-finite (a finite gradient can still
+  overflow the weights), changes nothing: the update is decided before it is applied (one
+  lax.cond around the whole write), so the state is always safe to checkpoint and a skipped batch
+  leaves no trace; the host decides whether to go on.
   """
-  # Kept as plain arrays: merge hands the state's variables to the bundle, which updates them.
-  old_leaves = jax.tree.leaves(state)
   bundle = nnx.merge(graphdef, state)
   step = bundle.optimizer.step[...]
-  keys_B = rng.example_keys(jax.random.fold_in(jax.random.key(config.seed), step),
-                            images.shape[0])
+  keys_B = rng.example_keys(rng.train_step_key(config.seed, step), images.shape[0])
 
   def loss_fn(model, images, labels, keys):
     terms, _ = loss.forward_train(model, images, labels, keys, step, config)
@@ -127,27 +135,35 @@ def train_step(graphdef, state, images, labels, *, config):
   terms, grads = accumulate_gradients(loss_fn, bundle.model, (images, labels, keys_B),
                                       config.train.grad_accum_steps)
   grad_norm = optax.global_norm(grads)
-  bundle.optimizer.update(bundle.model, grads)
-  params = nnx.state(bundle.model, nnx.Param)
-  decay = optim.ema_decay_at(config.train.ema_decay, step)
-  nnx.update(bundle.ema, optim.ema_update(nnx.state(bundle.ema, nnx.Param), params, decay))
-  for i, extra_decay in enumerate(extra_ema_decays(config), 1):
-    ema = getattr(bundle, f"ema_{i}")
-    nnx.update(ema, optim.ema_update(nnx.state(ema, nnx.Param), params,
-                                     optim.ema_decay_at(extra_decay, step)))
-
-  # The updated weights are checked too: a finite gradient can still overflow them.
-  param_norm = optax.global_norm(params)
-  finite = jnp.isfinite(grad_norm) & jnp.isfinite(param_norm)
+  finite = jnp.isfinite(grad_norm)
   for v in terms.values():
     finite &= jnp.isfinite(v)
-  new_leaves, treedef = jax.tree.flatten(nnx.state(bundle))
-  new_state = jax.tree.unflatten(
-      treedef, [jnp.where(finite, n, o) for n, o in zip(new_leaves, old_leaves)])
+  # Would the update overflow a weight? The candidate weights are only reduced here, never
+  # stored (one fused pass over parameters, gradients and moments); the update that is kept is
+  # recomputed inside the cond. The EMA of finite weights is finite.
+  params = nnx.as_pure(nnx.state(bundle.model, nnx.Param))
+  updates, _ = bundle.optimizer.tx.update(nnx.as_pure(nnx.state(grads, nnx.Param)),
+                                          nnx.as_pure(bundle.optimizer.opt_state), params)
+  finite &= _all_finite(optax.apply_updates(params, updates))
+  decay = optim.ema_decay_at(config.train.ema_decay, step)
+
+  def apply(state):
+    bundle = nnx.merge(graphdef, state)
+    bundle.optimizer.update(bundle.model, grads)
+    params = nnx.state(bundle.model, nnx.Param)
+    nnx.update(bundle.ema, optim.ema_update(nnx.state(bundle.ema, nnx.Param), params, decay))
+    for i, extra_decay in enumerate(extra_ema_decays(config), 1):
+      ema = getattr(bundle, f"ema_{i}")
+      nnx.update(ema, optim.ema_update(nnx.state(ema, nnx.Param), params,
+                                       optim.ema_decay_at(extra_decay, step)))
+    return nnx.state(bundle)
+
+  new_state = jax.lax.cond(finite, apply, lambda state: state, state)
   metrics = {f"train/{k}": v for k, v in terms.items()}
   metrics.update({
       "train/grad_norm": grad_norm,
-      "train/param_norm": param_norm,
+      "train/param_norm": optax.global_norm(nnx.state(nnx.merge(graphdef, new_state).model,
+                                                      nnx.Param)),
       "train/lr": optim.learning_rate_schedule(config.train)(step),
       "train/finite": finite.astype(jnp.float32),
   })

@@ -1,6 +1,11 @@
 """Two processes on one machine (jax.distributed over 127.0.0.1, one CPU device each) train
 exactly like one process on the same global batch, and checkpoint and resume together.
 
+The runs also do every periodic action the paper configs do (pra_s/b/l grid every 10,000 steps
+and checkpoint every 5,000), shrunk: a sample grid every 2 steps, a periodic eval (digits judge)
+every 4, a checkpoint every 2, and a resume. A grid or an eval spans both processes (each samples
+its share, process 0 writes) and must not change what is trained.
+
 "Same global batch": each of the two processes reads its own half of the data (strided shard,
 its own shuffle), and the global batch of a step is process 0's local batch followed by process
 1's. The one-process reference builds exactly that: both shards' iterators, concatenated, fed
@@ -20,6 +25,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(REPO, "launch", "local_multiprocess.sh")
 OVERRIDES = ("--config.train.lr_schedule=constant", "--config.train.log_every=1",
              "--config.checkpoint.every=2")
+PERIODIC = ("--config.train.sample_every=2", "--config.train.eval_every=4",
+            "--config.eval.num_images=20")
 
 _REFERENCE = os.path.join(REPO, "tests", "programs", "one_process_reference.py")
 
@@ -34,7 +41,7 @@ def _env():
 def _launch(workdir, num_steps, env):
   return subprocess.Popen(
       ["bash", LAUNCH, "2", workdir, "--config=configs/tiny.py",
-       f"--config.train.num_steps={num_steps}", *OVERRIDES],
+       f"--config.train.num_steps={num_steps}", *OVERRIDES, *PERIODIC],
       cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -70,6 +77,11 @@ def _log(workdir, i):
     return f.read()
 
 
+def _grids_written(workdir):
+  """Per process, the steps whose sample grid it wrote (as its log says)."""
+  return [re.findall(r"Sample grid of step (\d+) written", _log(workdir, i)) for i in range(2)]
+
+
 def test_two_processes_match_one_and_resume_together(tmp_path):
   workdir = str(tmp_path / "run")
   env = _env()
@@ -78,6 +90,7 @@ def test_two_processes_match_one_and_resume_together(tmp_path):
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
   _finish(_launch(workdir, 4, env))
+  first_grids = _grids_written(workdir)   # Each run rewrites the logs.
   ckpt = os.path.join(workdir, "checkpoints")
   assert sorted(os.listdir(ckpt)) == ["2", "4"], os.listdir(ckpt)
   # Both processes wrote their part: array shards and their own data-iterator state.
@@ -92,6 +105,15 @@ def test_two_processes_match_one_and_resume_together(tmp_path):
     log = _log(workdir, i)
     assert "Resumed from" in log and "at step 4." in log, log[-3000:]
   assert sorted(os.listdir(ckpt))[-1] == "6"
+
+  # Grids at 2, 4 (first run) and 6 (resumed), each written once, by process 0; every device
+  # samples config.sample.batch_size images per call (10 per device x 2 devices).
+  samples = os.path.join(workdir, "samples")
+  assert sorted(os.listdir(samples)) == [f"step_{s:07d}.png" for s in (2, 4, 6)]
+  assert first_grids == [["2", "4"], []] and _grids_written(workdir) == [["6"], []], first_grids
+  for i in range(2):
+    assert "20 images per call (10 per device x 2 devices)" in _log(workdir, i)
+  assert sorted(read_scalars(workdir, "eval/digits_accuracy")) == [4, 6]
 
   out, err = reference.communicate(timeout=600)
   assert reference.returncode == 0, err[-4000:]
@@ -120,6 +142,40 @@ def _start_pair(workdir, env, *flags):
          f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}",
          *OVERRIDES, *flags], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT))
   return procs
+
+
+def test_sigterm_during_the_compile_of_two_processes_exits_without_training(tmp_path):
+  """Nothing is trained while the first step compiles, so a SIGTERM then ends both processes at
+  once (status 0), without waiting out the compile or training the steps a stop vote needs."""
+  import signal
+  import time
+  workdir = str(tmp_path / "run")
+  # No compilation cache: the step compiles for seconds, and the signals come then.
+  env = dict(_env(), JAX_ENABLE_COMPILATION_CACHE="false")
+  procs = _start_pair(workdir, env, "--config.train.num_steps=100000")
+  try:
+    deadline = time.time() + 1200   # Start-up and init only; slow on a loaded machine.
+    while not all("Compiling the train step" in _log(workdir, i) for i in range(2)):
+      assert all(p.poll() is None for p in procs), [_log(workdir, i)[-3000:] for i in range(2)]
+      assert time.time() < deadline, [_log(workdir, i)[-3000:] for i in range(2)]
+      time.sleep(0.05)
+    sent = time.time()
+    for p in procs:
+      p.send_signal(signal.SIGTERM)
+    rcs = [p.wait(timeout=300) for p in procs]
+    print(f"two processes, SIGTERM during the compile: both exited {time.time() - sent:.1f} s "
+          f"after the signal")
+    assert rcs == [0, 0], [_log(workdir, i)[-3000:] for i in range(2)]
+    for i in range(2):
+      log = _log(workdir, i)
+      assert "nothing trained since the last checkpoint: exiting now" in log, log[-3000:]
+      assert "Train step compiled" not in log, log[-3000:]
+    ckpt = os.path.join(workdir, "checkpoints")
+    assert not os.path.isdir(ckpt) or not os.listdir(ckpt), os.listdir(ckpt)
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
 
 
 def _wait_for_step(procs, workdir, step, timeout=400):

@@ -184,8 +184,9 @@ def test_image_k_is_keyed_by_seed_and_k_alone():
   seed = 5
   labels = np.array([0, 3, 7, 9, 1, 1, 4, 2], np.int32)
   generator = data_parallel.DataParallelGenerator(model, data_parallel.sampling_mesh(),
-                                                    settings, seed, 8)
-  index, images = generator.local_rows(generator.dispatch(np.arange(8), labels), np.arange(8))
+                                                  settings, 8)
+  index, images = generator.local_rows(
+      generator.dispatch(np.arange(8), labels, jax.random.key(seed)), np.arange(8))
   np.testing.assert_array_equal(index, np.arange(8))
   by_four = ar_loop.generate_many(model, labels, jax.random.key(seed), settings, batch_size=4)
   np.testing.assert_array_equal(by_four, images)

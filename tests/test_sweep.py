@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from pra_jax import periodic_eval, restore, train
+from pra_jax import periodic_eval, restore, rng, train
 from pra_jax.sampling import ar_loop, data_parallel, knob_sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -82,7 +82,7 @@ def test_sweep_samples_each_point_once_with_its_own_knobs_and_resumes(workdir, t
                                                                       p.compile_key()))],
                      spies["images"]))
   for p in (points[0], points[-1]):
-    want = ar_loop.generate_many(model, labels, jax.random.key(SEED), p.settings(), 10)
+    want = ar_loop.generate_many(model, labels, rng.stream(SEED, "sample"), p.settings(), 10)
     diff = np.abs(want.astype(np.int32) - by_name[p.name])
     assert diff.max() <= 1 and (diff == 0).mean() > 0.99, p.name
   # (Two training steps barely move the zero-initialised head: its steps hardly show in uint8,

@@ -5,11 +5,11 @@ import os
 
 import jax
 import numpy as np
+from absl import logging
 from PIL import Image
 
-from pra_jax import files, train_step
-
-from pra_jax.sampling import ar_loop
+from pra_jax import files, rng
+from pra_jax.sampling import data_parallel
 
 
 def image_grid(images_BHWC: np.ndarray, rows: int) -> np.ndarray:
@@ -35,15 +35,15 @@ def class_rows(classes, per_class: int) -> np.ndarray:
   return np.repeat(np.asarray(classes, np.int32), per_class)
 
 
-def write_grid(bundle, config, workdir: str, step: int, writer=None, per_class: int = 10,
+def write_grid(generator, config, workdir: str, step: int, writer=None, per_class: int = 10,
                check_stop=None) -> str:
-  """During training: an EMA sample grid to TensorBoard and workdir/samples/step_N.png."""
-  model = train_step.weights(bundle, config.sample.use_ema)
+  """During training: a sample grid (one row per class, the weights `generator` holds) to
+  TensorBoard and workdir/samples/step_N.png, written by process 0. Every process calls it: all
+  take part in every batch (data_parallel.generate_all)."""
   classes = list(range(min(config.data.num_classes, 10)))
-  settings = ar_loop.SampleSettings.from_config(config.sample)
   labels = class_rows(classes, per_class)
-  images = ar_loop.generate_many(model, labels, jax.random.key(config.seed + 1), settings,
-                                 min(config.sample.batch_size, len(labels)), check_stop)
+  images = data_parallel.generate_all(generator, labels, rng.stream(config.seed, "grid"),
+                                      check_stop)
   grid = image_grid(images, rows=len(classes))
   path = os.path.join(workdir, "samples", f"step_{step:07d}.png")
   if jax.process_index() == 0:
@@ -51,4 +51,5 @@ def write_grid(bundle, config, workdir: str, step: int, writer=None, per_class: 
     save_png(grid, path, scale=2)
     if writer is not None:
       writer.write_images(step, {"samples": grid[None]})
+    logging.info("Sample grid of step %d written to %s.", step, path)
   return path

@@ -22,7 +22,7 @@ from absl import logging
 from flax import nnx
 from PIL import Image, ImageDraw
 
-from pra_jax import cli, files, periodic_eval, restore, train_step
+from pra_jax import cli, files, periodic_eval, restore, rng, train_step
 from pra_jax.sampling import annealing, ar_loop, data_parallel
 from pra_jax.studies import report
 
@@ -133,6 +133,7 @@ def run(config, workdir: str, out_dir: str, points: list[Point], *, num_images: 
                len(points) - len(todo), num_images, step)
   labels_X = periodic_eval.balanced_labels(num_images, config.data.num_classes)
   mesh = data_parallel.sampling_mesh()
+  key = rng.stream(seed, "sample")   # The stream pra_jax.sample draws from: the same images.
   states, generators = {}, {}
   cache_dir = os.path.join(workdir, "eval_cache")
   # Points grouped so each weights is restored once and each compile made once.
@@ -143,7 +144,7 @@ def run(config, workdir: str, out_dir: str, points: list[Point], *, num_images: 
     model = states[p.weights]
     if p.compile_key() not in generators:
       generators[p.compile_key()] = data_parallel.DataParallelGenerator(
-          model, mesh, p.settings(), seed, per_device_batch, runtime_knobs=True)
+          model, mesh, p.settings(), per_device_batch, runtime_knobs=True)
       logging.info("Compiled %s in %.1f s.", p.compile_key(),
                    generators[p.compile_key()].compile_s)
     gen = generators[p.compile_key()]
@@ -153,7 +154,7 @@ def run(config, workdir: str, out_dir: str, points: list[Point], *, num_images: 
     for first in range(0, num_images, gen.batch):
       index_B = np.arange(first, first + gen.batch)
       labels_B = labels_X[np.minimum(index_B, num_images - 1)]
-      images.append(gen.dispatch(index_B, labels_B, p.settings()))
+      images.append(gen.dispatch(index_B, labels_B, key, p.settings()))
     images_X = np.concatenate([np.asarray(jax.device_get(x)) for x in images])[:num_images]
     seconds = time.perf_counter() - t0
     metrics = periodic_eval.evaluate_samples(images_X, labels_X, config, cache_dir)

@@ -2,7 +2,7 @@
 process, resumable chunk by chunk (pra_jax/chunk_store.py), merged into an ADM-format .npz and
 a PNG grid.
 
-Image k depends only on (seed, k): neither the batch size nor the device or process count
+Image k depends only on (seed, k) (it draws from fold_in(rng.stream(seed, "sample"), k)): neither the batch size nor the device or process count
 changes it. plan_run checks everything before anything is restored or compiled; sample_to_npz
 runs the plan.
 """
@@ -19,7 +19,7 @@ import numpy as np
 from flax import traverse_util
 from absl import logging
 
-from pra_jax import checkpoint, cli, config_check, restore, run_record
+from pra_jax import checkpoint, cli, config_check, restore, rng, run_record
 from pra_jax.sampling import ar_loop, chunk_store, data_parallel, grids
 
 PER_CLASS = 50           # ADM's protocol: 50 samples per class, 50,000 for 1000 classes.
@@ -139,8 +139,9 @@ def _generate_chunks(plan: Plan, config, todo: list[int]) -> tuple[bool, float]:
   process, processes = jax.process_index(), jax.process_count()
   mesh = data_parallel.sampling_mesh()
   model = restore.restore_weights(config, plan.workdir, plan.step, mesh, plan.use_ema)
-  generator = data_parallel.DataParallelGenerator(model, mesh, plan.settings, plan.seed,
-                                                    plan.per_device_batch)
+  generator = data_parallel.DataParallelGenerator(model, mesh, plan.settings,
+                                                  plan.per_device_batch)
+  key = rng.stream(plan.seed, "sample")
   del model
   logging.info("Sampler compiled in %.1f s.", generator.compile_s)
   n = len(plan.labels_X)
@@ -153,7 +154,7 @@ def _generate_chunks(plan: Plan, config, todo: list[int]) -> tuple[bool, float]:
       for first in range(start, end, generator.batch):  # All dispatched before any is fetched.
         index_B = np.arange(first, first + generator.batch)
         labels_B = plan.labels_X[np.minimum(index_B, end - 1)]  # Rows past the chunk: dropped.
-        batches.append((index_B, generator.dispatch(index_B, labels_B)))
+        batches.append((index_B, generator.dispatch(index_B, labels_B, key)))
       rows = [generator.local_rows(images_B, index_B) for index_B, images_B in batches]
       index_X = np.concatenate([r[0] for r in rows])
       images_X = np.concatenate([r[1] for r in rows])
