@@ -16,7 +16,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from pra_jax import sharding  # noqa: E402, train_step
+from pra_jax import sharding, train_step  # noqa: E402
 
 
 def machine() -> str:

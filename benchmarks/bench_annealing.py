@@ -65,17 +65,18 @@ def main(argv):
   n, b, steps, lo = model.num_patches, _BATCH.value, config.sample.num_steps, _MIN_STEPS.value
   annealed = np.asarray(annealing.steps_per_position(steps, lo, n))
   flat = np.full((n,), steps)
-  print(f"# {C.machine()}; {n} patches, batch {b}, CFG on, num_steps {steps}, annealed "
-        f"{steps}->{lo} ({annealed.sum()} of {flat.sum()} steps)")
+  cells = []
   for solver in head_lib.SOLVERS:
     rows = (("static (off)", flat, "static"), ("while, flat", flat, "while"),
             ("while, annealed", annealed, "while"), ("masked, annealed", annealed, "masked"))
     for name, steps_N, form in rows:
       fn = head_scan(model, config.model.backbone.width, n, b, solver, steps_N, form, steps)
       ms = 1e3 * C.median(C.time_calls(fn, 1 if _QUICK.value else _REPEATS.value))
-      print(f"{solver:5s} {name:17s} {ms:8.1f} ms per {b} images  "
-            f"{b / ms * 1e3:8.1f} images/s (head ODE only)")
-
+      cells.append(f"{solver} {name} {ms:.1f} ms ({b / ms * 1e3:.1f} images/s)")
+  # One line, as every benchmark prints: the head ODE alone, per call of `b` images.
+  print(f"bench_annealing | {C.machine()} | {n} patches, batch {b}, CFG on, num_steps {steps}, "
+        f"annealed {steps}->{lo} ({annealed.sum()} of {flat.sum()} steps) | "
+        + "; ".join(cells))
 
 if __name__ == "__main__":
   app.run(main)

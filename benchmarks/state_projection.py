@@ -25,7 +25,8 @@ from flax import nnx  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from benchmarks import _common  # noqa: E402
-from pra_jax import periodic_eval, rng, sampler  # noqa: E402, restore
+from pra_jax import periodic_eval, restore, rng  # noqa: E402
+from pra_jax.sampling import ar_loop  # noqa: E402
 from pra_jax.metrics import digits  # noqa: E402
 from pra_jax.models import state as state_lib  # noqa: E402
 

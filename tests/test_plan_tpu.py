@@ -69,7 +69,7 @@ def test_sampler_compiles_for_tpu_with_its_kv_cache(chip):
 
   config = F.tiny_config()
   settings = ar_loop.SampleSettings(num_steps=2, solver="euler", cfg=2.0,
-                                    cfg_schedule="constant", temperature=1.0)
+                                    cfg_schedule="constant", temperature=1.0, min_steps=0)
   r = memory_plan.plan_sampler(config, chip, 3, settings, costs=False)
   b = config.model.backbone
   slots = b.num_class_tokens + (config.data.image_size // config.model.patch_size) ** 2 - 1

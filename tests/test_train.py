@@ -56,7 +56,7 @@ def test_sampling_a_workdir_without_checkpoint(tmp_path):
 
 @pytest.mark.parametrize("field,value,match", [
     ("model.patch_size", 5, "not divisible by model.patch_size"),
-    ("rollout.mode", "rollout", "rollout.mode must be one of"),
+    ("rollout.mode", "rollout", "rollout.mode=.rollout. is not one of"),
     ("data.source", "imagenet", "data.source='imagenet' is not one of"),
     ("train.nonfinite", "ignore", "train.nonfinite"),
     ("model.state.dim", 2, "leaves the state 0 degrees of freedom"),

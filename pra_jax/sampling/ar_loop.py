@@ -60,13 +60,14 @@ class SampleSettings:
 
 
 def cfg_scales(settings: SampleSettings, num_patches: int, cfg=None) -> jax.Array:
-  """Guidance per position: constant, or rising linearly from exactly 1 at the first patch (no
-  guidance: it sees only the class) to exactly cfg at the last, 1 + (cfg - 1) i / (N - 1).
-  `cfg` (may be traced) replaces settings.cfg."""
+  """Guidance per position: constant, or linear, 1 + (cfg - 1) i / N for patch i = 0..N-1:
+  exactly 1 at the first patch (no guidance: it sees only the class), rising by (cfg - 1) / N a
+  patch to 1 + (cfg - 1)(N - 1) / N at the last (the schedule of MAR-style samplers, which
+  reaches cfg one step past the sequence). `cfg` (may be traced) replaces settings.cfg."""
   cfg = settings.cfg if cfg is None else cfg
   if settings.cfg_schedule == "constant":
     return jnp.full((num_patches,), cfg, jnp.float32)
-  return 1.0 + (cfg - 1.0) * jnp.linspace(0.0, 1.0, num_patches, dtype=jnp.float32)
+  return 1.0 + (cfg - 1.0) * jnp.arange(num_patches, dtype=jnp.float32) / num_patches
 
 
 def sample_patches(model, labels_B, key, settings: SampleSettings, start_BNZ=None, t0=0.0,
