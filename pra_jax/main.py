@@ -18,6 +18,7 @@ Entry point: flags, distributed runtime, versions and devices, then train.train_
 
 import glob
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -64,6 +65,11 @@ def main(argv):   # Run through cli.one_line_errors, which also quiets the libra
   metrics = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value)
   if jax.process_index() == 0:
     print(summary(_WORKDIR.value, _CONFIG.value, metrics), flush=True)
+  from pra_jax import preemption
+  if preemption.abandoned_native_work:  # See there: checkpoints and logs are closed by now.
+    logging.flush()
+    sys.stderr.flush()
+    os._exit(0)  # pylint: disable=protected-access
 
 
 def summary(workdir: str, config, metrics: dict) -> str:

@@ -18,6 +18,12 @@ from absl import logging
 from pra_jax import sharding
 
 
+# Set once a SIGTERM abandoned a grid or an eval: the main program then ends with os._exit after
+# everything is written and closed, because work abandoned mid-compile or mid-dispatch can leave
+# native XLA state that crashes the interpreter's own teardown (a segfault after a clean run).
+abandoned_native_work = False
+
+
 class Abort(Exception):
   """Raised by SIGTERM inside an abortable region (sample grid, periodic eval)."""
 

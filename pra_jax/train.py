@@ -194,6 +194,7 @@ def _train(config, workdir, overwrite, preemption) -> dict:
       return fn()
     except preemption_lib.Abort:
       logging.warning("SIGTERM during the %s at step %d: abandoned it to save now.", what, step)
+      preemption_lib.abandoned_native_work = True
       return None
     finally:
       preemption.abortable = False
