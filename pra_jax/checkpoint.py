@@ -125,19 +125,25 @@ class Checkpointer:
     compared within `target_state`'s top-level parts only (so a part, e.g. {'ema': ...}, can be
     looked for alone); None if there is none. A mismatch raises ConfigMismatch, as in
     restore_latest; an unreadable step is skipped with a warning."""
+    return next(self._matching_steps(target_state, changes, partial=True), None)
+
+  def _matching_steps(self, target_state, changes, *, partial=False):
+    """Steps, newest first, whose metadata reads and whose saved tree equals target_state's (with
+    `partial`, within target_state's top-level parts only); an unreadable step is skipped with a
+    warning, a mismatch raises ConfigMismatch."""
     want = tree_signature(target_state)
-    parts = {k.split(".")[0] for k in want}
+    parts = {k.split(".")[0] for k in want} if partial else None
     for step in reversed(self.all_steps()):
       try:
         saved = self.saved_signature(step)
       except Exception as e:  # pylint: disable=broad-except
         self._unreadable(step, e)
         continue
-      saved = {k: v for k, v in saved.items() if k.split(".")[0] in parts}
+      if partial:
+        saved = {k: v for k, v in saved.items() if k.split(".")[0] in parts}
       if saved != want:
         raise run_record.ConfigMismatch(self._mismatch_message(step, saved, want, changes))
-      return step
-    return None
+      yield step
 
   def restore_latest(self, target_state, data_iter=None, *, changes=None):
     """(state, step) of the newest checkpoint that restores, or (None, None) if there is none.
@@ -148,15 +154,7 @@ class Checkpointer:
     with a warning naming it, and, when training (not read_only), renamed <step>.unreadable-<time>
     out of the way of the step number the run will save again; older steps are tried in turn.
     """
-    want = tree_signature(target_state)
-    for step in reversed(self.all_steps()):
-      try:
-        saved = self.saved_signature(step)
-      except Exception as e:  # pylint: disable=broad-except
-        self._unreadable(step, e)
-        continue
-      if saved != want:
-        raise run_record.ConfigMismatch(self._mismatch_message(step, saved, want, changes))
+    for step in self._matching_steps(target_state, changes):
       try:
         return self.restore(step, target_state, data_iter), step
       except Exception as e:  # pylint: disable=broad-except

@@ -119,6 +119,27 @@ def flow_loss(head: FlowHead, target_MZ, h_MD, key):
   return jnp.mean(jnp.square(v_pred - v_target), axis=(0, 2))
 
 
+def guided_velocity(head, h_MD, h_uncond_MD=None, cfg_scale=1.0):
+  """velocity(z_MZ, t) of the head's ODE: with `h_uncond_MD`, classifier-free guidance
+  v = v_u + s (v_c - v_u) from one batched head call on [cond; uncond] sharing z_t; `cfg_scale`
+  a scalar or a per-position [M] array."""
+  m = h_MD.shape[0]
+  guided = h_uncond_MD is not None
+  h_all = jnp.concatenate([h_MD, h_uncond_MD], axis=0) if guided else h_MD
+  scale = jnp.broadcast_to(jnp.asarray(cfg_scale, jnp.float32), (m,))[:, None]
+
+  def velocity(z, t):
+    t_M = jnp.full((h_all.shape[0],), t, jnp.float32)
+    z_all = jnp.concatenate([z, z], axis=0) if guided else z
+    v = head.velocity(z_all, t_M, h_all)
+    if not guided:
+      return v
+    v_c, v_u = v[:m], v[m:]
+    return v_u + scale * (v_c - v_u)
+
+  return velocity
+
+
 def sample(head: FlowHead, h_MD, noise_MZ, *, num_steps: int, solver: str = "euler",
            h_uncond_MD=None, cfg_scale=1.0, t0=0.0):
   """Integrates the flow ODE from noise (t = 0) to a state (t = 1).
@@ -135,20 +156,7 @@ def sample(head: FlowHead, h_MD, noise_MZ, *, num_steps: int, solver: str = "eul
     raise ValueError(f"sampler num_steps must be >= 1, got {num_steps}")
   if isinstance(t0, (int, float)) and not 0.0 <= t0 <= 1.0:
     raise ValueError(f"head ODE start time t0 must be in [0, 1], got {t0}")
-  m = h_MD.shape[0]
-  guided = h_uncond_MD is not None
-  h_all = jnp.concatenate([h_MD, h_uncond_MD], axis=0) if guided else h_MD
-  scale = jnp.broadcast_to(jnp.asarray(cfg_scale, jnp.float32), (m,))[:, None]
-
-  def velocity(z, t):
-    t_M = jnp.full((h_all.shape[0],), t, jnp.float32)
-    z_all = jnp.concatenate([z, z], axis=0) if guided else z
-    v = head.velocity(z_all, t_M, h_all)
-    if not guided:
-      return v
-    v_c, v_u = v[:m], v[m:]
-    return v_u + scale * (v_c - v_u)
-
+  velocity = guided_velocity(head, h_MD, h_uncond_MD, cfg_scale)
   dt = (1.0 - t0) / num_steps
 
   def step(i, z):

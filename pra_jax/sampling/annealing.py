@@ -50,20 +50,8 @@ def integrate(head, h_MD, noise_MZ, num_steps, *, solver: str = "euler", h_uncon
     raise ValueError(f"annealing loop must be one of {LOOPS}, got {loop!r}")
   if loop == "masked" and max_steps is None:
     raise ValueError("loop='masked' needs a static max_steps")
-  m = h_MD.shape[0]
-  guided = h_uncond_MD is not None
-  h_all = jnp.concatenate([h_MD, h_uncond_MD], axis=0) if guided else h_MD
-  scale = jnp.broadcast_to(jnp.asarray(cfg_scale, jnp.float32), (m,))[:, None]
   n = jnp.maximum(jnp.asarray(num_steps, jnp.int32), 1)
-
-  def velocity(z, t):
-    t_M = jnp.full((h_all.shape[0],), t, jnp.float32)
-    z_all = jnp.concatenate([z, z], axis=0) if guided else z
-    v = head.velocity(z_all, t_M, h_all)
-    if not guided:
-      return v
-    v_c, v_u = v[:m], v[m:]
-    return v_u + scale * (v_c - v_u)
+  velocity = head_lib.guided_velocity(head, h_MD, h_uncond_MD, cfg_scale)
 
   dt = (1.0 - t0) / n.astype(jnp.float32)
 
