@@ -1,8 +1,21 @@
-"""The ablation study: every backbone input mode and the direct-pixel baselines at one budget
+r"""The ablation study: every backbone input mode and the direct-pixel baselines at one budget
 (pra_jax/studies/input_mode_study.py runs it and says how it is scored).
 
   python -m pra_jax.ablate --config=configs/demo.py --workdir=/tmp/pra_ablation
   python -m pra_jax.ablate --config=configs/photos.py --workdir=/tmp/pra_photos_study
+
+The existing fixes at their best (photos): sweep the strength of pixel-space input noise, alone
+(pixel_noise) and with x-prediction (direct_x_noise), then run the best of each at 3 seeds beside
+pra and at a longer budget, naming a mode at a strength as MODE@PIXEL_SIGMA:
+
+  python -m pra_jax.ablate --config=configs/photos.py --workdir=/tmp/pra_fixes \
+      --modes=pra --pixel_sigmas=0.1,0.3,0.5,1.0 --seeded_modes=
+  python -m pra_jax.ablate --config=configs/photos.py --workdir=/tmp/pra_fixes \
+      --modes=pra,pixel_noise@0.5,direct_x_noise@0.3 --pixel_sigmas=0.1,0.3,0.5,1.0 \
+      --seeds=3 --seeded_modes=pra,pixel_noise@0.5,direct_x_noise@0.3
+  python -m pra_jax.ablate --config=configs/photos.py --workdir=/tmp/pra_fixes_1000 \
+      --num_steps=1000 --modes=pra,exact,direct_x_noise@0.3 --seeds=3 \
+      --seeded_modes=pra,exact,direct_x_noise@0.3
 """
 
 import dataclasses
@@ -19,10 +32,15 @@ _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Base con
 _WORKDIR = flags.DEFINE_string("workdir", None, "Study directory: one subfolder per run.")
 _QUICK = flags.DEFINE_bool("quick", False, f"{A.QUICK_STEPS} steps a run and a handful of "
                            "samples: a smoke test of the whole study.")
-_MODES = flags.DEFINE_list("modes", None, f"Input modes to train, from {A.MODES}.")
+_MODES = flags.DEFINE_list("modes", None, f"Input modes to train, from {A.MODES}; "
+                           f"{' and '.join(A.PIXEL_SIGMA_MODES)} also as MODE@PIXEL_SIGMA, "
+                           "e.g. pixel_noise@0.5 (rollout.pixel_sigma=0.5).")
 _SEEDS = flags.DEFINE_integer("seeds", None, "Seeds of each mode in --seeded_modes.")
 _SEEDED_MODES = flags.DEFINE_list("seeded_modes", None,
-                                  "Modes trained at --seeds seeds ('' = none).")
+                                  "Modes (as in --modes) trained at --seeds seeds ('' = none).")
+_PIXEL_SIGMAS = flags.DEFINE_list(
+    "pixel_sigmas", None, f"rollout.pixel_sigma values at which to train each of "
+    f"{A.PIXEL_SIGMA_MODES} ('' = none): the existing fixes' strength sweep.")
 _SIGMAS = flags.DEFINE_list("sigmas", None,
                             "PRA rollout.sigma_max values of the sweep ('' = none).")
 _STATE_DIMS = flags.DEFINE_list("state_dims", None,
@@ -55,11 +73,13 @@ def main(argv):
     cli.usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
   if _WORKDIR.value is None:
     cli.usage_error("--workdir is required")
-  unknown = sorted((set(_MODES.value or ()) | set(_SEEDED_MODES.value or ()))
-                   - set(A.MODES) - {""})
-  if unknown:
-    cli.usage_error(f"--modes / --seeded_modes: unknown {unknown}; expected names from "
-                             f"{A.MODES}")
+  for name, holder in (("modes", _MODES), ("seeded_modes", _SEEDED_MODES)):
+    for spec in holder.value or ():
+      if spec:
+        try:
+          A.parse_mode(spec)
+        except ValueError as e:
+          cli.usage_error(f"--{name}: {e}")
   for name, holder in (("seeds", _SEEDS), ("num_steps", _NUM_STEPS), ("num_samples", _NUM_SAMPLES)):
     if holder.value is not None and holder.value < 1:
       cli.usage_error(f"--{name} must be a positive integer, got {holder.value}")
@@ -68,6 +88,7 @@ def main(argv):
     config_check.validate(_CONFIG.value)
     runs = dict(modes=_list(_MODES.value, str, "modes"),
                 sigmas=_list(_SIGMAS.value, float, "sigmas"),
+                pixel_sigmas=_list(_PIXEL_SIGMAS.value, float, "pixel_sigmas"),
                 state_dims=_list(_STATE_DIMS.value, int, "state_dims"), seeds=_SEEDS.value,
                 seeded_modes=_list(_SEEDED_MODES.value, str, "seeded_modes"),
                 num_steps=_NUM_STEPS.value, quick=_QUICK.value)

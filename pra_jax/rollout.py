@@ -12,6 +12,10 @@ are ever inputs (the last patch is only a target).
 | head_sample | G(z~_i), z~_i ~ H(. | h_i of a no-grad pass) | ~2 passes                     |
 | exact       | G(z~_i), z~_i ~ H(. | h_i of its own inputs)  | N sequential sampling steps   |
 
+A direct-pixel model (model.direct_pixel: the head generates the patch's pixels, no state) has no
+state to decode, so only teacher and pixel_noise apply to it; with x-prediction and pixel_noise
+it is the two existing fixes combined (the study's direct_x_noise).
+
 head_sample and exact are coupled to the image ([ours], rollout.couple_t0 = t0): z~_i is the
 head's ODE integrated from t0 to 1, started at t0 * E(x_i) + (1 - t0) * eps. head_sample conditions
 it on h_i of a no-grad teacher-forced pass (all positions at once); exact on h_i of the model's own

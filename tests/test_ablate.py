@@ -206,3 +206,32 @@ def test_a_failing_run_is_reported_and_the_rest_goes_on(study, tmp_path):
   assert "(failed: pra_z0: ValueError" in rows["pra_z0"][0] and "state.dim" in rows["pra_z0"][0]
   assert rows["pra_z0"][1] == "0"  # No seed of it scored.
   assert os.path.exists(out["figure"])
+
+
+def test_the_existing_fixes_sweep_and_their_best_at_seeds():
+  from configs import photos
+  from pra_jax import config_check
+
+  base = photos.get_config()
+  runs = ablate.plan(base, modes=("pra", "direct_x_noise@0.3"), pixel_sigmas=(0.1, 0.3),
+                     seeds=3, seeded_modes=("pra", "direct_x_noise@0.30"))
+  names = [r.name for r in runs]
+  # The spec listed in --modes and reached by the sweep is one run, seeded once.
+  assert names == ["pra", "pra_seed1", "pra_seed2", "direct_x_noise_ps0.3",
+                   "direct_x_noise_ps0.3_seed1", "direct_x_noise_ps0.3_seed2",
+                   "pixel_noise_ps0.1", "direct_x_noise_ps0.1", "pixel_noise_ps0.3"]
+  configs = {r.name: ablate.run_config(base, r, 7) for r in runs}
+  for c in configs.values():
+    config_check.validate(c)
+  noised_x = configs["direct_x_noise_ps0.3"]
+  assert noised_x.model.direct_pixel and noised_x.model.head.prediction == "x"
+  assert noised_x.rollout.mode == "pixel_noise" and noised_x.rollout.pixel_sigma == 0.3
+  assert configs["pixel_noise_ps0.3"].rollout.pixel_sigma == 0.3
+  assert not configs["pixel_noise_ps0.3"].model.direct_pixel
+  assert "pixel_sigma=0.3" in runs[names.index("pixel_noise_ps0.3")].changed
+  # photos' own pixel_sigma is 0.1: that sweep point is the plain pixel_noise run's config.
+  plain = ablate.run_config(base, ablate.mode_run("pixel_noise", base), 7)
+  assert plain.to_json() == configs["pixel_noise_ps0.1"].to_json()
+  for bad in ("pra@0.5", "pixel_noise@-1", "pixel_noise@x", "nope"):
+    with pytest.raises(ValueError, match="pixel_sigma|unknown mode"):
+      ablate.parse_mode(bad)

@@ -26,7 +26,12 @@ from pra_jax import checkpoint, config_check, data, files, restore, run_record, 
 from pra_jax.sampling import ar_loop, grids
 from pra_jax.studies import report, rollout_gap
 
-MODES = ("teacher", "pixel_noise", "recon", "pra", "head_sample", "exact", "direct_x", "direct_v")
+MODES = ("teacher", "pixel_noise", "recon", "pra", "head_sample", "exact", "direct_x", "direct_v",
+         "direct_x_noise")
+# The modes whose inputs are noised pixels: '<mode>@<pixel_sigma>' names one at another strength
+# (pixel_noise@0.5), and --pixel_sigmas sweeps both over a list of strengths.
+PIXEL_SIGMA_MODES = ("pixel_noise", "direct_x_noise")
+_DEFAULT_MODES = MODES[:8]     # Both default studies predate direct_x_noise and keep their runs.
 DEFAULT_SIGMAS = (0.25, 0.5, 1.0, 2.0)
 DEFAULT_STATE_DIMS = (3, 4, 8)
 QUICK_STEPS = 3
@@ -44,6 +49,7 @@ class Study:
   seeds: int = 1                     # Seeds of the modes in seeded_modes (the rest: one).
   seeded_modes: tuple[str, ...] = ()
   sigmas: tuple[float, ...] = ()
+  pixel_sigmas: tuple[float, ...] = ()
   state_dims: tuple[int, ...] = ()
   gap_images: int | None = None      # Held-out images of the gap (None: the whole split).
 
@@ -52,7 +58,7 @@ STUDIES = {
     # Sized so the default study on configs/demo.py finishes within an hour on 2 idle CPU cores:
     # 12 trained runs x 500 steps, 190-290 s each with compile, plus 25-70 s scoring a run;
     # measured 3163 s for the whole study on an idle 2-core machine (README, "Does it work?").
-    "digits": Study(modes=MODES[:-1], num_steps=500, sigmas=DEFAULT_SIGMAS,
+    "digits": Study(modes=_DEFAULT_MODES[:-1], num_steps=500, sigmas=DEFAULT_SIGMAS,
                     state_dims=DEFAULT_STATE_DIMS),
     # configs/photos.py: 8 modes, 4 of them at 3 seeds = 16 runs, sized for 60 minutes on 2 idle
     # cores. Measured on the shared 2-core machine at load ~4 (not idle): pra and exact at 250
@@ -61,7 +67,7 @@ STUDIES = {
     # put teacher / recon / pixel_noise at pra's cost, head_sample between pra and exact, the
     # direct baselines at 0.9x pra: the 16 runs take ~3690 s at that load, and ~0.75x of it,
     # ~46 minutes, idle (the digits demo's idle wall per step is 0.75x its CPU time).
-    "photos": Study(modes=MODES, num_steps=250, seeds=3,
+    "photos": Study(modes=_DEFAULT_MODES, num_steps=250, seeds=3,
                     seeded_modes=("teacher", "recon", "pra", "direct_x"), gap_images=200),
 }
 
@@ -96,14 +102,36 @@ class Run:
 
 # ----------------------------------------------------------------------------- the runs
 
-def mode_run(mode: str, base) -> Run:
+def parse_mode(spec: str) -> tuple[str, float | None]:
+  """'pra' -> ('pra', None); 'pixel_noise@0.5' -> ('pixel_noise', 0.5): a noised-pixel mode at
+  rollout.pixel_sigma = 0.5 instead of the base config's."""
+  mode, at, strength = spec.partition("@")
+  if mode not in MODES:
+    raise ValueError(f"unknown mode {mode!r} in {spec!r}: choose from {MODES}")
+  if not at:
+    return mode, None
+  if mode not in PIXEL_SIGMA_MODES:
+    raise ValueError(f"{spec!r}: only {PIXEL_SIGMA_MODES} take a '@<pixel_sigma>' strength")
+  try:
+    value = float(strength)
+  except ValueError:
+    value = -1.0
+  if not value > 0:
+    raise ValueError(f"{spec!r}: expected a positive pixel_sigma after '@', e.g. {mode}@0.5")
+  return mode, value
+
+
+def mode_run(spec: str, base) -> Run:
+  """The run of one mode spec: a mode name, or a noised-pixel mode at a strength ('mode@0.5')."""
+  mode, pixel_sigma = parse_mode(spec)
   r = base.rollout
   law = (f"sigma={r.sigma:g}" if r.sigma_law == "fixed" else
          f"sigma ~ U[{r.sigma_min:g}, {r.sigma_max:g}]" + (" ramped" if r.sigma_law == "schedule"
                                                           else ""))
+  strength = f"pixel_sigma={r.pixel_sigma if pixel_sigma is None else pixel_sigma:g}"
   described = {
       "teacher": "inputs x_i (ground-truth pixels)",
-      "pixel_noise": f"inputs x_i + {r.pixel_sigma:g} sigma eps, {law}",
+      "pixel_noise": f"inputs x_i + pixel_sigma sigma eps, {strength}, {law}",
       "recon": "inputs G(E(x_i))",
       "pra": f"inputs G(E(x_i) + sigma eps), {law} (the method)",
       "head_sample": f"inputs G(z~_i), z~_i: head ODE from t0={r.couple_t0:g} started at "
@@ -113,15 +141,28 @@ def mode_run(mode: str, base) -> Run:
                "previous inputs: a sequential rollout",
       "direct_x": "no state: the head generates the pixels (x-prediction); teacher inputs",
       "direct_v": "no state: the head generates the pixels (v-prediction); teacher inputs",
+      "direct_x_noise": "no state: the head generates the pixels (x-prediction); inputs "
+                        f"x_i + pixel_sigma sigma eps, {strength}, {law}",
   }
-  if mode not in described:
-    raise ValueError(f"unknown mode {mode!r}: choose from {MODES}")
-  if mode in ("direct_x", "direct_v"):
-    overrides = (("rollout.mode", "teacher"), ("model.direct_pixel", True),
-                 ("model.head.prediction", mode[-1]))
+  # A direct-pixel model has no state to noise: its only input modes are teacher and pixel_noise.
+  direct = {"direct_x": ("teacher", "x"), "direct_v": ("teacher", "v"),
+            "direct_x_noise": ("pixel_noise", "x")}
+  if mode in direct:
+    input_mode, prediction = direct[mode]
+    overrides = (("rollout.mode", input_mode), ("model.direct_pixel", True),
+                 ("model.head.prediction", prediction))
   else:
     overrides = (("rollout.mode", mode),)
-  return Run(mode, "mode", described[mode], overrides, base=mode)
+  if pixel_sigma is None:
+    return Run(mode, "mode", described[mode], overrides, base=mode)
+  name = f"{mode}_ps{pixel_sigma:g}"
+  return Run(name, "pixel_sigma", described[mode],
+             overrides + (("rollout.pixel_sigma", pixel_sigma),), base=name)
+
+
+def pixel_sigma_specs(pixel_sigmas) -> list[str]:
+  """The sweep of the existing fixes' strength: both noised-pixel modes at every value."""
+  return [f"{m}@{s:g}" for s in pixel_sigmas for m in PIXEL_SIGMA_MODES]
 
 
 def seeded(run: Run, seeds: int) -> list[Run]:
@@ -297,6 +338,8 @@ _COLUMNS = (("wall", ".0f"), ("acc", ".3f"), ("fd", ".2f"), ("teacher", ".4f"),
 def write_table(path: str, rows: list[dict], base, num_steps: int, ev: Eval, reference: dict,
                 total_wall_s: float) -> None:
   sections = {"mode": "Input modes (and the direct-pixel baselines)",
+              "pixel_sigma": "The existing fixes at other strengths: pixel-space input noise "
+                             "(pixel_noise) and x-prediction with it (direct_x_noise)",
               "sigma": "Sensitivity: PRA noise level (sigma_law uniform, sigma_max varied)",
               "state_dim": "Sensitivity: state dimension Z (pra)"}
   t = base.train
@@ -386,18 +429,28 @@ def _class_grid(images: np.ndarray, labels: np.ndarray, num_classes: int, per_cl
 # ----------------------------------------------------------------------------- the study
 
 def plan(base, modes=None, sigmas=None, state_dims=None, seeds=None,
-         seeded_modes=None) -> list[Run]:
-  """Every run of the study; None takes the data source's default (STUDIES)."""
+         seeded_modes=None, pixel_sigmas=None) -> list[Run]:
+  """Every run of the study; None takes the data source's default (STUDIES).
+
+  modes and seeded_modes hold mode specs (parse_mode): 'pra', or 'pixel_noise@0.5' for a
+  noised-pixel mode at another strength; pixel_sigmas adds both noised-pixel modes at each value
+  (a spec listed twice is one run).
+  """
   d = default_study(base)
   pick = lambda value, default: default if value is None else tuple(value)
   modes, sigmas = pick(modes, d.modes), pick(sigmas, d.sigmas)
   state_dims, seeded_modes = pick(state_dims, d.state_dims), pick(seeded_modes, d.seeded_modes)
+  pixel_sigmas = pick(pixel_sigmas, d.pixel_sigmas)
   seeds = d.seeds if seeds is None else seeds
   if seeds < 1:
     raise ValueError(f"seeds must be at least 1, got {seeds}")
-  runs = []
-  for m in modes:
-    runs += seeded(mode_run(m, base), seeds if m in seeded_modes else 1)
+  seeded_names = {mode_run(spec, base).name for spec in seeded_modes}
+  specs = tuple(modes) + tuple(pixel_sigma_specs(pixel_sigmas))
+  runs = {}
+  for spec in specs:
+    run = mode_run(spec, base)
+    runs.setdefault(run.name, seeded(run, seeds if run.name in seeded_names else 1))
+  runs = [r for group in runs.values() for r in group]
   return runs + sweep_runs(sigmas, state_dims, base)
 
 
@@ -437,8 +490,8 @@ class CheckedStudy:
 
 
 def check_study(base, workdir: str, *, modes=None, sigmas=None, state_dims=None, seeds=None,
-                seeded_modes=None, num_steps: int | None = None, quick: bool = False,
-                validate: bool = False) -> CheckedStudy:
+                seeded_modes=None, pixel_sigmas=None, num_steps: int | None = None,
+                quick: bool = False, validate: bool = False) -> CheckedStudy:
   """Resolves the study's runs and checks their folders' budgets before anything is written or
   trains. validate=True (the command line) also refuses a run whose config is invalid; the
   library reports such a run as failed and goes on with the rest."""
@@ -447,7 +500,7 @@ def check_study(base, workdir: str, *, modes=None, sigmas=None, state_dims=None,
   if quick:
     base.sample.num_steps = min(base.sample.num_steps, 2)
   num_steps = num_steps or (QUICK_STEPS if quick else study.num_steps)
-  runs = plan(base, modes, sigmas, state_dims, seeds, seeded_modes)
+  runs = plan(base, modes, sigmas, state_dims, seeds, seeded_modes, pixel_sigmas)
   dirs = {}
   for run in runs:
     config = run_config(base, run, num_steps)
@@ -463,8 +516,8 @@ def check_study(base, workdir: str, *, modes=None, sigmas=None, state_dims=None,
 
 
 def run_study(base, workdir: str, *, modes=None, sigmas=None, state_dims=None, seeds=None,
-              seeded_modes=None, num_steps: int | None = None, quick: bool = False,
-              judge_cache: str | None = None, ev: Eval | None = None) -> dict:
+              seeded_modes=None, pixel_sigmas=None, num_steps: int | None = None,
+              quick: bool = False, judge_cache: str | None = None, ev: Eval | None = None) -> dict:
   """Trains and scores every run; writes ablation.md and ablation.png; returns their paths and rows.
 
   None takes the data source's default study (STUDIES). Runs whose resolved configs coincide
@@ -474,7 +527,8 @@ def run_study(base, workdir: str, *, modes=None, sigmas=None, state_dims=None, s
   """
   start = time.time()
   checked = check_study(base, workdir, modes=modes, sigmas=sigmas, state_dims=state_dims,
-                        seeds=seeds, seeded_modes=seeded_modes, num_steps=num_steps, quick=quick)
+                        seeds=seeds, seeded_modes=seeded_modes, pixel_sigmas=pixel_sigmas,
+                        num_steps=num_steps, quick=quick)
   base, runs, dirs, num_steps = checked.base, checked.runs, checked.dirs, checked.num_steps
   study = default_study(base)
   ev = ev or (QUICK_EVAL if quick else Eval(gap_images=study.gap_images))
