@@ -57,13 +57,20 @@ def train_step_flops(config, batch: int) -> dict[str, float]:
   return out
 
 
-def _head_row(config) -> float:
-  """One head evaluation for one position: time MLP, condition and input projections, the AdaLN
-  blocks (modulation 3w^2, two w^2 layers), the final modulation and output."""
+def _head_parts(config) -> dict[str, float]:
+  """One head evaluation for one position, by part: 'time' the time MLP, 'cond' the condition's
+  projection, 'body' the input projection, the AdaLN blocks (modulation 3w^2, two w^2 layers),
+  the final modulation and output."""
   m = config.model
   w, width = m.head.width, m.backbone.width
   z = m.patch_size ** 2 * config.data.channels if m.direct_pixel else m.state.dim
-  return 2 * (256 * w + w * w + width * w + z * w + m.head.depth * 5 * w * w + 2 * w * w + w * z)
+  return {"time": 2 * (256 * w + w * w), "cond": 2 * width * w,
+          "body": 2 * (z * w + m.head.depth * 5 * w * w + 2 * w * w + w * z)}
+
+
+def _head_row(config) -> float:
+  """One head evaluation for one position, every part computed for it (as training does)."""
+  return sum(_head_parts(config).values())
 
 
 def _decoder_row(config) -> float:
@@ -84,7 +91,8 @@ def sample_flops(config, num_steps: int | None = None, solver: str | None = None
   class tokens (prefill) and N - 1 patch tokens, each through every layer's dense layers and
   attention against the whole cache buffer of C + N - 1 slots (masked, not skipped), on 2 rows
   with CFG (conditional and null class); the head runs N positions x num_steps ODE steps x
-  (1 evaluation per Euler step, 2 per Heun step), also on 2 rows with CFG; the decoder turns
+  (1 evaluation per Euler step, 2 per Heun step), also on 2 rows with CFG (the condition's
+  projection once per patch, the time MLP once per evaluation for all rows); the decoder turns
   each of the N states into pixels once (the conditional row only). Defaults: config.sample.
   With step annealing (min_steps > 0) patch i takes its scheduled steps instead, and Heun skips
   the second evaluation of each patch's last step (pra_jax.sampling.annealing.integrate).
@@ -106,7 +114,11 @@ def sample_flops(config, num_steps: int | None = None, solver: str | None = None
     evals = annealing.head_evaluations(num_steps, min_steps, n, solver)
   else:
     evals = n * num_steps * (2 if solver == "heun" else 1)
-  out = {"backbone": backbone, "head": rows * evals * _head_row(config),
+  # The sampler computes the condition's projection once per patch and row, the time MLP once
+  # per evaluation for all rows (head.guided_velocity), the rest per row and evaluation.
+  parts = _head_parts(config)
+  head = n * rows * parts["cond"] + evals * (parts["time"] + rows * parts["body"])
+  out = {"backbone": backbone, "head": head,
          "decoder": n * _decoder_row(config)}
   out["total"] = sum(out.values())
   return out

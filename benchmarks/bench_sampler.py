@@ -18,6 +18,7 @@ import dataclasses
 import time
 
 import _common as C  # Puts the repository on sys.path.
+import _flops
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,6 +39,9 @@ _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls of the KV-cached ar_l
 _FULL = flags.DEFINE_integer("full_repeats", 1, "Timed calls of the full-recompute ar_loop.")
 _THROUGHPUT_BATCH = flags.DEFINE_integer("throughput_batch", 64,
                                          "Images per call for the throughput figure.")
+_ONLY_THROUGHPUT = flags.DEFINE_bool(
+    "only_throughput", False, "Only the throughput at --throughput_batch and its utilisation "
+    "(skips the cache-vs-recompute and per-token timings, minutes of a CPU on mid).")
 
 FLAT_TARGET = 1.5
 
@@ -73,34 +77,9 @@ def sampler_matmul_peak(dtype, sizes=(512, 1024, 2048), repeats: int = 5) -> tup
 
 
 def sampler_flops(config, settings: ar_loop.SampleSettings) -> dict[str, float]:
-  """Analytic FLOPs of generating one image, as ar_loop.sample_patches computes it.
-
-  Matrix multiplies only (2 FLOPs per multiply-add). Rows per image: 2 when guided ([cond;
-  uncond]) through the backbone and the head, 1 through the decoder. Backbone: the class tokens
-  (prefill) and N - 1 cached steps, each attending over the whole cache of S = C + N - 1
-  positions (the unused part is masked, not skipped). Head: `num_steps` ODE steps per patch,
-  two velocity evaluations per step for Heun (its last step computes and discards one).
-  """
-  d, m = config.data, config.model
-  b, h, s = m.backbone, m.head, m.state
-  n = (d.image_size // m.patch_size) ** 2
-  p = m.patch_size ** 2 * d.channels
-  z = p if m.direct_pixel else s.dim
-  width, mlp = b.width, int(b.width * b.mlp_ratio)
-  gated = 3 if b.mlp_type == "swiglu" else 2
-  cache = b.num_class_tokens + n - 1
-  rows = 2 if settings.cfg != 1.0 else 1
-  per_token = b.depth * (2 * 4 * width ** 2 + 2 * gated * width * mlp + 2 * 2 * cache * width)
-  backbone = rows * (cache * per_token + (n - 1) * 2 * p * width)
-  w = h.width
-  head_row = 2 * (256 * w + w * w + width * w + z * w + h.depth * 5 * w * w + 2 * w * w + w * z)
-  evals = settings.num_steps * (2 if settings.solver == "heun" else 1)
-  head = rows * n * evals * head_row
-  decoder = 0 if m.direct_pixel else n * 2 * (
-      s.dim * s.width + s.depth * 2 * s.width ** 2 + s.width * p
-      + (width * s.width if s.decoder_context else 0))
-  return {"backbone": backbone, "head": head, "decoder": decoder,
-          "total": backbone + head + decoder}
+  """Analytic FLOPs of generating one image with these settings (benchmarks/_flops.py)."""
+  return _flops.sample_flops(config, num_steps=settings.num_steps, solver=settings.solver,
+                             cfg=settings.cfg, min_steps=settings.min_steps)
 
 
 def xla_position_flops(config, settings: ar_loop.SampleSettings) -> tuple[float, float]:
@@ -209,25 +188,29 @@ def main(argv):
   settings = ar_loop.SampleSettings.from_config(config.sample)
   key = jax.random.key(0)
 
-  total = {}
-  for use_cache in (True, False):
-    run = compiled_sampler(model, labels, key, dataclasses.replace(settings, use_cache=use_cache))
-    # Compiled ahead of time, so no untimed warm-up run of the (slow) full recomputation.
-    total[use_cache] = C.median(C.time_calls(run, repeats if use_cache else _FULL.value, 0))
-  first, last = (C.median(t) for t in per_token_times(model, jnp.asarray(labels), settings, key))
-  ratio = max(last / first, first / last)
-  verdict = "met" if ratio <= FLAT_TARGET else "MISSED"
+  latency = ""
+  if not _ONLY_THROUGHPUT.value:
+    total = {}
+    for use_cache in (True, False):
+      run = compiled_sampler(model, labels, key,
+                             dataclasses.replace(settings, use_cache=use_cache))
+      # Compiled ahead of time, so no untimed warm-up run of the (slow) full recomputation.
+      total[use_cache] = C.median(C.time_calls(run, repeats if use_cache else _FULL.value, 0))
+    first, last = (C.median(t) for t in per_token_times(model, jnp.asarray(labels), settings,
+                                                         key))
+    verdict = "met" if max(last / first, first / last) <= FLAT_TARGET else "MISSED"
+    latency = (f"batch={_BATCH.value} | kv-cache {total[True]:.3f} s, full recompute "
+               f"{total[False]:.3f} s: {total[False] / total[True]:.1f}x | per token first "
+               f"quarter {first * 1e3:.2f} ms, last quarter {last * 1e3:.2f} ms: "
+               f"{last / first:.2f}x (target flat within {FLAT_TARGET}x {verdict}) | ")
   images_per_s, call_s, batch = throughput(model, config, settings, _THROUGHPUT_BATCH.value,
                                            repeats)
   flops = sampler_flops(config, settings)
   xla_position, analytic_position = xla_position_flops(config, settings)
   achieved = flops["total"] * images_per_s
   print(f"bench_sampler | {C.machine()} | config={C.config_name(flags.FLAGS['config'])} "
-        f"tokens={model.num_patches} batch={_BATCH.value} cfg={settings.cfg:g} "
-        f"head_steps={settings.num_steps} | kv-cache {total[True]:.3f} s, full recompute "
-        f"{total[False]:.3f} s: {total[False] / total[True]:.1f}x | per token first quarter "
-        f"{first * 1e3:.2f} ms, last quarter {last * 1e3:.2f} ms: {last / first:.2f}x "
-        f"(target flat within {FLAT_TARGET}x {verdict}) | throughput at batch {batch}: "
+        f"tokens={model.num_patches} cfg={settings.cfg:g} head_steps={settings.num_steps} "
+        f"{settings.solver} | {latency}throughput at batch {batch}: "
         f"{images_per_s:.3g} images/s ({call_s:.2f} s per call), "
         f"{flops['total'] / 1e9:.3g} GFLOP/image (backbone {flops['backbone'] / 1e9:.3g}, head "
         f"{flops['head'] / 1e9:.3g}, decoder {flops['decoder'] / 1e9:.3g}; one position "
@@ -236,7 +219,6 @@ def main(argv):
         f"{achieved / 1e9:.3g} GFLOP/s: FLOP utilisation {achieved / peak:.0%} of the "
         f"standalone jnp.dot peak {peak / 1e9:.3g} GFLOP/s (best of a sweep, at {peak_n}^2)",
         flush=True)
-
 
 if __name__ == "__main__":
   app.run(main)

@@ -69,19 +69,25 @@ def test_sampler_flops_and_the_projection_are_counted_not_typed():
   forward = _flops.train_step_flops(config, 1)["backbone"] / 3
   assert f["backbone"] == pytest.approx(2 * forward)
   assert _flops.sample_flops(config, cfg=1.0)["backbone"] == pytest.approx(forward)
-  # Head: N positions x steps x (2 evaluations per Heun step), 2 rows with CFG.
+  # Head: N positions x steps x (2 evaluations per Heun step); per evaluation the time MLP once
+  # and the rest on 2 rows with CFG; the condition's projection once per position and row.
+  part = _flops._head_parts(config)
+  n = 256
+  head = lambda evals, rows: n * rows * part["cond"] + evals * (part["time"] + rows * part["body"])
+  assert f["head"] == pytest.approx(head(n * 50, 2))
   assert _flops.sample_flops(config, num_steps=10, solver="euler")["head"] == pytest.approx(
-      f["head"] / 5)
+      head(n * 10, 2))
   assert _flops.sample_flops(config, num_steps=50, solver="heun")["head"] == pytest.approx(
-      2 * f["head"])
+      head(n * 100, 2))
   assert _flops.sample_flops(config, num_steps=50, solver="euler", cfg=1.0)["head"] == \
-      pytest.approx(f["head"] / 2)
+      pytest.approx(head(n * 50, 1))
+  assert sum(part.values()) == _flops._head_row(config)  # Training computes every part per row.
   # Annealed (50 -> 4 over 256 patches): each patch's scheduled steps, Heun one call fewer each.
   steps = sum(round(50 - 46 * i / 255) for i in range(256))
   assert _flops.sample_flops(config, num_steps=50, solver="euler", min_steps=4)["head"] == \
-      pytest.approx(f["head"] * steps / (50 * 256))
+      pytest.approx(head(steps, 2))
   assert _flops.sample_flops(config, num_steps=50, solver="heun", min_steps=4)["head"] == \
-      pytest.approx(f["head"] * (2 * steps - 256) / (50 * 256))
+      pytest.approx(head(2 * steps - 256, 2))
   flops, rows = _flops.projection(config, 0.4, 50_000)
   for name, chips, peak, seconds in rows:
     assert seconds == pytest.approx(50_000 * flops["total"] / (chips * peak * 0.4))

@@ -125,6 +125,49 @@ def splash(q_BLAK, k_BLAK, v_BLAK):
 KERNELS = {"xla": xla, "cudnn": cudnn, "splash": splash}
 
 
+def cache_dtype(compute_dtype):
+  """The KV cache's dtype: the compute dtype, but float32 when the program is built for a CPU.
+  XLA:CPU has no native bfloat16 arithmetic: a bfloat16 cache was converted whole to float32
+  and back around every layer's write, every step (tests/test_sampler.py's in-place check).
+  Accelerators keep the compute dtype and half the bytes."""
+  return jnp.float32 if target_platform() == "cpu" else compute_dtype
+
+
+def decode(q_BLAK, k_old_BSAK, v_old_BSAK, k_new_BLAK, v_new_BLAK, start):
+  """Attention of L new tokens (sequence slots start..start+L-1) over the cache's slots before
+  `start` and, causally, over each other: a step of KV-cached decoding, which reads the cache
+  as it was before the step (the new keys and values are written after every layer has run).
+
+  One token a step (L = 1, every decoding step after the class tokens) is a multiply and a sum
+  over the head dim in float32, not a batched matrix product: with a single query row there is
+  no matrix to multiply, the step is bound by reading the cache on any platform, and XLA:CPU
+  runs B x A tiny [1, K] x [K, S] products one by one (6x slower than the reduction, measured
+  with bench_sampler's mid config at 128 rows). Several tokens (the class tokens) take
+  jax.nn.dot_product_attention over the old slots and the new tokens side by side.
+  """
+  b, l, a, k = q_BLAK.shape
+  old_S = jnp.arange(k_old_BSAK.shape[1]) < start
+  if l != 1:
+    keys = jnp.concatenate([k_old_BSAK.astype(q_BLAK.dtype), k_new_BLAK], axis=1)
+    values = jnp.concatenate([v_old_BSAK.astype(q_BLAK.dtype), v_new_BLAK], axis=1)
+    mask_LS = jnp.concatenate([jnp.broadcast_to(old_S, (l, old_S.shape[0])),
+                               jnp.tril(jnp.ones((l, l), bool))], axis=1)
+    return jax.nn.dot_product_attention(q_BLAK, keys, values, mask=mask_LS[None, None])
+  f32 = lambda t: t.astype(jnp.float32)
+  q_BAK = f32(q_BLAK[:, 0]) * (k ** -0.5)
+  logits_BSA = jnp.sum(q_BAK[:, None] * f32(k_old_BSAK), axis=-1)
+  logits_BSA = jnp.where(old_S[None, :, None], logits_BSA, -jnp.inf)
+  logit_new_BA = jnp.sum(q_BAK * f32(k_new_BLAK[:, 0]), axis=-1)
+  # Softmax over the old slots and the token itself, without concatenating the cache.
+  top_BA = jnp.maximum(jnp.max(logits_BSA, axis=1), logit_new_BA)
+  p_BSA = jnp.exp(logits_BSA - top_BA[:, None])
+  p_new_BA = jnp.exp(logit_new_BA - top_BA)
+  total_BA = jnp.sum(p_BSA, axis=1) + p_new_BA
+  out_BAK = (jnp.sum(p_BSA[..., None] * f32(v_old_BSAK), axis=1)
+             + p_new_BA[..., None] * f32(v_new_BLAK[:, 0])) / total_BA[..., None]
+  return out_BAK[:, None].astype(q_BLAK.dtype)
+
+
 def causal(q_BLAK, k_BLAK, v_BLAK, implementation: str):
   """Causal attention of [B, L, A, K] queries, keys and values by the named kernel."""
   return KERNELS[implementation](q_BLAK, k_BLAK, v_BLAK)

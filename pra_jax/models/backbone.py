@@ -48,7 +48,11 @@ class Attention(nnx.Module):
     self.use_rope, self.rope_theta = cfg.pos_emb == "rope2d", cfg.rope_theta
     self.implementation = cfg.attention
 
-  def __call__(self, x_BLD, rows_L, cols_L, cache=None, start=None, layer=None):
+  def __call__(self, x_BLD, rows_L, cols_L, cache=None, start=None):
+    """Without `cache`, causal attention over x's tokens: (out, None). With one layer's cache
+    (keys, values [B, S, A, K]), the tokens sit at slots start.. and attend to the slots before
+    them and causally to each other: (out, their new keys and values [B, L, A, K]), which the
+    caller writes into the cache."""
     b, l, d = x_BLD.shape
     split = lambda t: t.reshape(b, l, self.num_heads, self.head_dim)
     q, k, v = split(self.q(x_BLD)), split(self.k(x_BLD)), split(self.v(x_BLD))
@@ -58,23 +62,12 @@ class Attention(nnx.Module):
       q = layers.rope_2d(q, rows_L, cols_L, self.rope_theta)
       k = layers.rope_2d(k, rows_L, cols_L, self.rope_theta)
     if cache is None:
-      out = attention.causal(q, k, v, self.implementation)
-    else:
-      # Decoding (the class tokens, then one patch a step) stays on XLA's attention whatever
-      # backbone.attention says: a query of one token has no [L, L] logits to keep out of
-      # memory, and the fused kernels want whole blocks of queries.
-      # `cache` is every layer's ([depth, B, S, A, K] each): the new keys and values are written
-      # into it where they belong and it is handed on whole, so XLA updates the one buffer in
-      # place instead of assembling a new stack of layers at every step.
-      at = (layer, 0, start, 0, 0)
-      cache = tuple(jax.lax.dynamic_update_slice(c, new[None].astype(c.dtype), at)
-                    for c, new in zip(cache, (k, v)))
-      k_BSAK, v_BSAK = (jax.lax.dynamic_index_in_dim(c, layer, keepdims=False) for c in cache)
-      query_pos = start + jnp.arange(l)
-      mask_LS = jnp.arange(k_BSAK.shape[1])[None, :] <= query_pos[:, None]
-      out = jax.nn.dot_product_attention(q, k_BSAK.astype(q.dtype), v_BSAK.astype(q.dtype),
-                                         mask=mask_LS[None, None])
-    return self.o(out.reshape(b, l, d)), cache
+      return self.o(attention.causal(q, k, v, self.implementation).reshape(b, l, d)), None
+    # Decoding (the class tokens, then one patch a step) stays on XLA whatever
+    # backbone.attention says: a query of one token has no [L, L] logits to keep out of memory,
+    # and the fused kernels want whole blocks of queries.
+    out = attention.decode(q, *cache, k, v, start)
+    return self.o(out.reshape(b, l, d)), (k, v)
 
 
 class Block(nnx.Module):
@@ -87,10 +80,10 @@ class Block(nnx.Module):
     self.norm2 = layers.norm(cfg.norm, cfg.width, **kw)
     self.mlp = layers.Mlp(cfg.width, int(cfg.width * cfg.mlp_ratio), cfg.mlp_type, **kw)
 
-  def __call__(self, x_BLD, rows_L, cols_L, cache=None, start=None, layer=None):
-    a, cache = self.attn(self.norm1(x_BLD), rows_L, cols_L, cache, start, layer)
+  def __call__(self, x_BLD, rows_L, cols_L, cache=None, start=None):
+    a, new_kv = self.attn(self.norm1(x_BLD), rows_L, cols_L, cache, start)
     x_BLD = x_BLD + a
-    return x_BLD + self.mlp(self.norm2(x_BLD)), cache
+    return x_BLD + self.mlp(self.norm2(x_BLD)), new_kv
 
 
 class Backbone(nnx.Module):
@@ -166,27 +159,38 @@ class Backbone(nnx.Module):
         blocks = list(self.blocks)[:num_layers]
     policy = remat_policy(self.cfg.remat_policy)
 
-    def body(x, block, cache, layer):
-      x, cache = block(x, rows, cols, cache, start, layer)
-      return layers.constrain(x, ("act_batch", None, None)), cache
+    def body(x, block, layer_cache):
+      x, new_kv = block(x, rows, cols, layer_cache, start)
+      return layers.constrain(x, ("act_batch", None, None)), new_kv
 
     if self.cfg.remat_policy != "none":
       body = nnx.remat(body, policy=policy, prevent_cse=not self.cfg.scan_layers)
     x = layers.constrain(tokens_BLD, ("act_batch", None, None))
-    if self.cfg.scan_layers:
-      if cache is None:
-        scan = nnx.scan(lambda x, blk: (body(x, blk, None, None)[0], None),
+    if cache is None:
+      if self.cfg.scan_layers:
+        scan = nnx.scan(lambda x, blk: (body(x, blk, None)[0], None),
                         in_axes=(nnx.Carry, 0), out_axes=(nnx.Carry, 0))
         x, _ = scan(x, blocks)
       else:
-        # The whole cache rides in the carry (each layer writes its own slot), not in the
-        # scanned inputs and outputs, which would stack a second copy of it.
-        scan = nnx.scan(lambda carry, blk, layer: (body(carry[0], blk, carry[1], layer), None),
-                        in_axes=(nnx.Carry, 0, 0), out_axes=(nnx.Carry, 0))
-        (x, cache), _ = scan((x, cache), self.blocks, jnp.arange(self.cfg.depth))
+        for block in blocks:
+          x, _ = body(x, block, None)
+      return (self.final_norm(x) if num_layers is None else x), None
+    # Decoding: each layer reads its slice of the cache and returns only the new tokens' keys
+    # and values; one write after the layer stack puts them at slots start.. of every layer.
+    # A layer that wrote into the cache it also read made XLA copy the whole cache, every
+    # layer of every step; reads first and a single write after leave one buffer, updated in
+    # place (tests/test_sampler.py reads the compiled loop for it).
+    if self.cfg.scan_layers:
+      scan = nnx.scan(body, in_axes=(nnx.Carry, 0, 0), out_axes=(nnx.Carry, 0))
+      x, new_kv = scan(x, self.blocks, cache)
     else:
+      per_layer = []
       for i, block in enumerate(blocks):
-        x, cache = body(x, block, cache, i)
+        x, kv = body(x, block, (cache[0][i], cache[1][i]))
+        per_layer.append(kv)
+      new_kv = tuple(jnp.stack(t) for t in zip(*per_layer))
+    cache = tuple(jax.lax.dynamic_update_slice(c, new.astype(c.dtype), (0, 0, start, 0, 0))
+                  for c, new in zip(cache, new_kv))
     return (self.final_norm(x) if num_layers is None else x), cache
 
   # -- public entry points --------------------------------------------------------------
@@ -209,10 +213,11 @@ class Backbone(nnx.Module):
     return h[:, self.num_class_tokens:].astype(jnp.float32)
 
   def init_cache(self, batch: int, dtype=None):
-    """Zeroed keys and values for every layer: a pair of [depth, B, S, A, K] arrays."""
+    """Zeroed keys and values for every layer: a pair of [depth, B, S, A, K] arrays, in
+    attention.cache_dtype unless `dtype` is given."""
     shape = (self.cfg.depth, batch, self.cache_len, self.cfg.num_heads,
              self.cfg.width // self.cfg.num_heads)
-    dtype = dtype or self.dtype
+    dtype = dtype or attention.cache_dtype(self.dtype)
     return (jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
 
   def prefill(self, y_B, cache):

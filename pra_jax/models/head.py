@@ -61,11 +61,19 @@ class FlowHead(nnx.Module):
                                                 zero_init=True, **kw)
     self.out = layers.dense(w, out_dim, ("head_width", "state_dim"), zero_init=True, **kw)
 
-  def __call__(self, z_t_MZ, t_M, h_MD):
-    rows = ("act_batch", None)  # Every activation split by rows, whatever the weights' split.
+  def time_embedding(self, t_M):
+    """The time MLP: [M] flow times -> [M, F]."""
+    rows = ("act_batch", None)
     t_emb = layers.constrain(layers.timestep_embedding(t_M, self.time_dim), rows)
-    t_emb = self.time_fc2(nnx.silu(layers.constrain(self.time_fc1(t_emb), rows)))
-    c = layers.constrain(t_emb + self.cond_proj(h_MD), rows)
+    return self.time_fc2(nnx.silu(layers.constrain(self.time_fc1(t_emb), rows)))
+
+  def __call__(self, z_t_MZ, t_M, h_MD, *, cond_MF=None, t_emb_F=None):
+    """The prediction at (z_t, t) given h. A sampler passes the parts of the condition that do
+    not change per row or per step, once computed: cond_MF = cond_proj(h) (fixed along a
+    patch's ODE) and t_emb_F = time_embedding(t) of one row (every row shares t)."""
+    rows = ("act_batch", None)  # Every activation split by rows, whatever the weights' split.
+    t_emb = self.time_embedding(t_M) if t_emb_F is None else t_emb_F[None]
+    c = layers.constrain(t_emb + (self.cond_proj(h_MD) if cond_MF is None else cond_MF), rows)
     x = layers.constrain(self.input_proj(z_t_MZ), rows)
     for block in self.blocks:
       x = layers.constrain(block(x, c), rows)
@@ -73,9 +81,10 @@ class FlowHead(nnx.Module):
     x = self.final_norm(x) * (1 + scale) + shift
     return self.out(x).astype(jnp.float32)
 
-  def velocity(self, z_t_MZ, t_M, h_MD):
-    """The network's prediction expressed as a velocity, whatever it predicts."""
-    pred = self(z_t_MZ, t_M, h_MD)
+  def velocity(self, z_t_MZ, t_M, h_MD, **given):
+    """The network's prediction expressed as a velocity, whatever it predicts (`given`: the
+    precomputed condition parts of __call__)."""
+    pred = self(z_t_MZ, t_M, h_MD, **given)
     t = t_M[:, None]
     if self.cfg.prediction == "v":
       return pred
@@ -122,16 +131,20 @@ def flow_loss(head: FlowHead, target_MZ, h_MD, key):
 def guided_velocity(head, h_MD, h_uncond_MD=None, cfg_scale=1.0):
   """velocity(z_MZ, t) of the head's ODE: with `h_uncond_MD`, classifier-free guidance
   v = v_u + s (v_c - v_u) from one batched head call on [cond; uncond] sharing z_t; `cfg_scale`
-  a scalar or a per-position [M] array."""
+  a scalar or a per-position [M] array. The condition's projection is computed once for the
+  whole ODE and the time MLP once per step for all rows (they share t), not once per row and
+  step (benchmarks/_flops.py counts what that saves)."""
   m = h_MD.shape[0]
   guided = h_uncond_MD is not None
   h_all = jnp.concatenate([h_MD, h_uncond_MD], axis=0) if guided else h_MD
+  cond_MF = head.cond_proj(h_all)
   scale = jnp.broadcast_to(jnp.asarray(cfg_scale, jnp.float32), (m,))[:, None]
 
   def velocity(z, t):
     t_M = jnp.full((h_all.shape[0],), t, jnp.float32)
+    t_emb_F = head.time_embedding(t_M[:1])[0]
     z_all = jnp.concatenate([z, z], axis=0) if guided else z
-    v = head.velocity(z_all, t_M, h_all)
+    v = head.velocity(z_all, t_M, h_all, cond_MF=cond_MF, t_emb_F=t_emb_F)
     if not guided:
       return v
     v_c, v_u = v[:m], v[m:]
