@@ -48,6 +48,9 @@ _STATE_DIMS = flags.DEFINE_list("state_dims", None,
 _NUM_STEPS = flags.DEFINE_integer("num_steps", None, "Training steps of every run (default: the "
                                   f"study's; --quick {A.QUICK_STEPS}).")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", None, "Samples scored per run.")
+_PROBE_LAYERS = flags.DEFINE_list(
+    "probe_layers", None, "Backbone blocks to probe linearly in every run (e.g. 2,-1: the middle "
+    "of a 4-deep backbone and the final output), beside raw pixels and an untrained backbone.")
 _JUDGE_CACHE = flags.DEFINE_string("judge_cache", None,
                                    "Judge cache (default WORKDIR/judge_cache).")
 
@@ -93,13 +96,19 @@ def main(argv):
                 seeded_modes=_list(_SEEDED_MODES.value, str, "seeded_modes"),
                 num_steps=_NUM_STEPS.value, quick=_QUICK.value)
     A.check_study(_CONFIG.value, _WORKDIR.value, validate=True, **runs)
+    probe_layers = _list(_PROBE_LAYERS.value, int, "probe_layers") or ()
+    depth = _CONFIG.value.model.backbone.depth
+    if any(not -depth <= l < depth for l in probe_layers):
+      raise ValueError(f"--probe_layers={','.join(map(str, probe_layers))}: expected blocks "
+                       f"in [-{depth}, {depth}) (model.backbone.depth={depth})")
   ev = None
   if _NUM_SAMPLES.value:
     study = A.default_study(_CONFIG.value)
     ev = dataclasses.replace(A.QUICK_EVAL if _QUICK.value else A.Eval(gap_images=study.gap_images),
                              num_samples=_NUM_SAMPLES.value)
   _quiet_checkpoint_logs()
-  out = A.run_study(_CONFIG.value, _WORKDIR.value, judge_cache=_JUDGE_CACHE.value, ev=ev, **runs)
+  out = A.run_study(_CONFIG.value, _WORKDIR.value, judge_cache=_JUDGE_CACHE.value, ev=ev,
+                    probe_layers=probe_layers, **runs)
   if out["failed"]:
     raise SystemExit(f"runs failed: {', '.join(out['failed'])} (see {out['table']}); rerun the "
                      f"same command to retry them")

@@ -51,14 +51,17 @@ def study(tmp_path_factory):
   _CACHE_DIR = str(tmp_path_factory.mktemp("jax_cache"))
   workdir = str(tmp_path_factory.mktemp("ablation"))
   args = ["--config=configs/tiny.py", f"--workdir={workdir}", "--quick", "--modes=pra",
-          "--sigmas=1.0", "--state_dims="]
+          "--sigmas=1.0", "--state_dims=", "--probe_layers=1,-1"]
   first = run_module("pra_jax.ablate", *args)
   return workdir, args, first
 
 
-def _table_rows(path):
+def _table_rows(path, section=0):
+  """Rows of the main table (section 0) or of the probe table (section 1), by run name."""
   with open(path) as f:
-    lines = [line for line in f if line.startswith("| ") and not line.startswith("| **")]
+    text = f.read().split("## Linear probe")[section]
+  lines = [line for line in text.splitlines() if line.startswith("| ")
+           and not line.startswith("| **")]
   return {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
           for line in lines[1:]}
 
@@ -81,6 +84,22 @@ def test_quick_study_writes_a_row_per_run_and_the_figure(study):
     # One panel (the alias is shown once), 2 samples wide and 10 classes tall at twice the
     # 16-pixel size.
     assert 2 * 32 <= im.width < 2 * 2 * 32 and im.height >= 10 * 32
+
+
+def test_probe_table_has_each_run_and_the_baselines(study):
+  workdir, _, stdout = study
+  rows = _table_rows(os.path.join(workdir, "ablation.md"), section=1)
+  # The alias is probed once: its run folder is the same.
+  assert "pra" in rows and "pra_sigma1" in rows
+  seeds, block1, final = rows["pra"][:3]
+  assert seeds == "1" and 0.0 <= float(block1) <= 1.0 and 0.0 <= float(final) <= 1.0
+  with open(os.path.join(workdir, "probe_baselines.json")) as f:
+    baselines = json.load(f)["top1"]
+  assert set(baselines) == {"pixels", "untrained 1", "untrained -1"}
+  assert "[ablate] pra: probe held-out top-1 block 1" in stdout
+  with open(os.path.join(workdir, "pra", "ablate_probe.json")) as f:
+    top1 = json.load(f)["top1"]
+  assert set(top1) == {"1", "-1"} and abs(top1["1"] - float(block1)) <= 5e-4
 
 
 def test_every_run_of_the_default_plan_is_a_valid_config():

@@ -304,6 +304,44 @@ def score_run(config, workdir: str, ev: Eval, judge_cache: str) -> dict:
   return {**scores, "cached": False}
 
 
+def probe_run(config, workdir: str, layers) -> dict:
+  """Held-out top-1 of a linear probe on the run's frozen backbone at each block in `layers`
+  (pra_jax.probe's recipe): {str(layer): top-1}; cached in workdir/ablate_probe.json."""
+  from pra_jax.studies import linear_probe
+  step = max(checkpoint.Checkpointer(workdir, config.checkpoint, read_only=True).all_steps())
+  key = {"step": step, "layers": list(layers), "epochs": linear_probe.DEFAULT_EPOCHS}
+  path = os.path.join(workdir, "ablate_probe.json")
+  cached = _read_json(path)
+  if cached is not None and cached.get("key") == key:
+    return cached["top1"]
+  model, _, _ = restore.restore_for_sampling(config, workdir)
+  top1 = {str(l): linear_probe.probe(model, config, layer=l, pixels=False)["backbone_eval_top1"]
+          for l in layers}
+  _write_json(path, {"key": key, "top1": top1})
+  return top1
+
+
+def probe_baselines(base, workdir: str, layers) -> dict:
+  """The probe on raw pixels and on a freshly initialised backbone of the base config (seed
+  base.seed): what a trained backbone must beat. Cached in workdir/probe_baselines.json."""
+  from pra_jax.models import pra
+  from pra_jax.studies import linear_probe
+  key = {"layers": list(layers), "epochs": linear_probe.DEFAULT_EPOCHS, "seed": base.seed}
+  path = os.path.join(workdir, "probe_baselines.json")
+  cached = _read_json(path)
+  if cached is not None and cached.get("key") == key:
+    return cached["top1"]
+  model = pra.create_model(base)
+  top1 = {}
+  for i, l in enumerate(layers):
+    r = linear_probe.probe(model, base, layer=l, pixels=i == 0)
+    top1[f"untrained {l}"] = r["backbone_eval_top1"]
+    if i == 0:
+      top1["pixels"] = r["pixels_eval_top1"]
+  _write_json(path, {"key": key, "top1": top1})
+  return top1
+
+
 def real_reference(config, ev: Eval, judge_cache: str) -> dict:
   """The judge's scores of real training images: the best a generator can hope for."""
   if config.data.source == "photos":
@@ -413,6 +451,31 @@ def write_table(path: str, rows: list[dict], base, num_steps: int, ev: Eval, ref
   files.write_text(path, "\n".join(lines))
 
 
+def probe_table(rows: list[dict], layers, baselines: dict) -> str:
+  """The linear-probe section of ablation.md: held-out top-1 per run (mean +- std over seeds,
+  then every seed) beside raw pixels and the untrained backbone."""
+  cols = [str(l) for l in layers]
+  head = ("| run | seeds | " + " | ".join(f"probe block {l}" for l in cols) + " |\n|---|---|"
+          + "---|" * len(cols) + "\n")
+  lines = ["", "## Linear probe of the frozen backbone", "",
+           f"Held-out top-1 of a linear probe (pra_jax.probe's recipe) on the mean-pooled "
+           f"features of each block (the last = -1, the final output), beside raw pixels "
+           f"{baselines['pixels']:.3f} and a freshly initialised backbone (" + ", ".join(
+               f"block {l} {baselines[f'untrained {l}']:.3f}" for l in cols) + ").", "", head]
+  probed = [r for r in rows if r.get("probe")]
+  details = []
+  for name in dict.fromkeys(r["base"] for r in probed):
+    members = [r for r in probed if r["base"] == name]
+    cells = [report.mean_std([m["probe"][c] for m in members], ".3f") for c in cols]
+    lines.append(f"| {name} | {len(members)} | " + " | ".join(cells) + " |\n")
+    if len(members) > 1:
+      details += [f"| {m['name']} | {m['seed']} | " + " | ".join(
+          f"{m['probe'][c]:.3f}" for c in cols) + " |\n" for m in members]
+  if details:
+    lines += ["", "Per seed (seed offset in the second column):", "", head] + details
+  return "\n".join(l.rstrip("\n") for l in lines) + "\n"
+
+
 def write_figure(path: str, panels: list[tuple[str, np.ndarray]], scale: int = 2,
                  per_row: int = 7) -> None:
   """Labelled sample grids side by side, wrapped after per_row panels."""
@@ -517,13 +580,16 @@ def check_study(base, workdir: str, *, modes=None, sigmas=None, state_dims=None,
 
 def run_study(base, workdir: str, *, modes=None, sigmas=None, state_dims=None, seeds=None,
               seeded_modes=None, pixel_sigmas=None, num_steps: int | None = None,
-              quick: bool = False, judge_cache: str | None = None, ev: Eval | None = None) -> dict:
+              quick: bool = False, judge_cache: str | None = None, ev: Eval | None = None,
+              probe_layers=()) -> dict:
   """Trains and scores every run; writes ablation.md and ablation.png; returns their paths and rows.
 
   None takes the data source's default study (STUDIES). Runs whose resolved configs coincide
   (e.g. the sigma sweep's value equal to the base config's) share one training directory. A run
   that fails (a diverging loss, say) is reported in the table and the study goes on; rerunning
-  the study retries it from its last checkpoint.
+  the study retries it from its last checkpoint. With `probe_layers` every run's frozen
+  backbone is also linearly probed at those blocks (and raw pixels and an untrained backbone
+  once, as baselines): a table of its own in ablation.md.
   """
   start = time.time()
   checked = check_study(base, workdir, modes=modes, sigmas=sigmas, state_dims=state_dims,
@@ -541,6 +607,11 @@ def run_study(base, workdir: str, *, modes=None, sigmas=None, state_dims=None, s
     if run_dir not in done:
       try:
         done[run_dir] = _one_run(run, base, workdir, run_dir, num_steps, ev, judge_cache)
+        if probe_layers:
+          done[run_dir]["probe"] = probe_run(run_config(base, run, num_steps),
+                                             os.path.join(workdir, run_dir), probe_layers)
+          print(f"[ablate] {run.name}: probe held-out top-1 " + ", ".join(
+              f"block {l} {v:.3f}" for l, v in done[run_dir]["probe"].items()), flush=True)
       except Exception as e:  # pylint: disable=broad-except
         logging.exception("Run %s failed.", run.name)
         message = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
@@ -551,8 +622,11 @@ def run_study(base, workdir: str, *, modes=None, sigmas=None, state_dims=None, s
                  "base": run.base or run.name, "seed": run.seed, "run_dir": run_dir,
                  **done[run_dir]})
   reference = real_reference(base, ev, judge_cache)
+  baselines = probe_baselines(base, workdir, probe_layers) if probe_layers else None
   table = os.path.join(workdir, "ablation.md")
   write_table(table, rows, base, num_steps, ev, reference, time.time() - start)
+  if baselines is not None:
+    files.write_text(table, open(table).read() + probe_table(rows, probe_layers, baselines))
   panels = []
   for row in rows:
     # Aliases are shown once, and every mode at its first seed only.

@@ -106,17 +106,18 @@ def middle_layer(model) -> int:
 
 def probe(model, config, *, layer: int | Sequence[int] | None = None,
           max_train_images: int | None = None, epochs: int = DEFAULT_EPOCHS,
-          control: bool = False) -> dict:
-  """Probe accuracy of the backbone's features and of raw pixels on the same splits; with
-  `control`, also of the same architecture freshly initialised (what training added)."""
+          control: bool = False, pixels: bool = True) -> dict:
+  """Probe accuracy of the backbone's features and (`pixels`) of raw pixels on the same splits;
+  with `control`, also of the same architecture freshly initialised (what training added)."""
   layer = middle_layer(model) if layer is None else layer
   train_im, train_y = load_split(config, config.data.train_split, max_train_images)
   eval_im, eval_y = load_split(config, config.data.eval_split)
   candidates = {
       "backbone": lambda: [backbone_features(model, im, layer) for im in (train_im, eval_im)],
-      "pixels": lambda: [im.reshape(len(im), -1).astype(np.float32) / 255.0
-                         for im in (train_im, eval_im)],
   }
+  if pixels:
+    candidates["pixels"] = lambda: [im.reshape(len(im), -1).astype(np.float32) / 255.0
+                                    for im in (train_im, eval_im)]
   if control:
     from pra_jax.models import pra  # Only the control needs a second model.
     untrained = pra.create_model(config)
