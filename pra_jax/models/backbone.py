@@ -50,8 +50,8 @@ class Attention(nnx.Module):
 
   def __call__(self, x_BLD, rows_L, cols_L, cache=None, start=None):
     """Without `cache`, causal attention over x's tokens: (out, None). With one layer's cache
-    (keys, values [B, S, A, K]), the tokens sit at slots start.. and attend to the slots before
-    them and causally to each other: (out, their new keys and values [B, L, A, K]), which the
+    (keys, values [B, A, S, K]), the tokens sit at slots start.. and attend to the slots before
+    them and causally to each other: (out, their new keys and values [B, A, L, K]), which the
     caller writes into the cache."""
     b, l, d = x_BLD.shape
     split = lambda t: t.reshape(b, l, self.num_heads, self.head_dim)
@@ -67,7 +67,7 @@ class Attention(nnx.Module):
     # backbone.attention says: a query of one token has no [L, L] logits to keep out of memory,
     # and the fused kernels want whole blocks of queries.
     out = attention.decode(q, *cache, k, v, start)
-    return self.o(out.reshape(b, l, d)), (k, v)
+    return self.o(out.reshape(b, l, d)), (jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2))
 
 
 class Block(nnx.Module):
@@ -189,7 +189,7 @@ class Backbone(nnx.Module):
         x, kv = body(x, block, (cache[0][i], cache[1][i]))
         per_layer.append(kv)
       new_kv = tuple(jnp.stack(t) for t in zip(*per_layer))
-    cache = tuple(jax.lax.dynamic_update_slice(c, new.astype(c.dtype), (0, 0, start, 0, 0))
+    cache = tuple(jax.lax.dynamic_update_slice(c, new.astype(c.dtype), (0, 0, 0, start, 0))
                   for c, new in zip(cache, new_kv))
     return (self.final_norm(x) if num_layers is None else x), cache
 
@@ -213,9 +213,9 @@ class Backbone(nnx.Module):
     return h[:, self.num_class_tokens:].astype(jnp.float32)
 
   def init_cache(self, batch: int, dtype=None):
-    """Zeroed keys and values for every layer: a pair of [depth, B, S, A, K] arrays, in
-    attention.cache_dtype unless `dtype` is given."""
-    shape = (self.cfg.depth, batch, self.cache_len, self.cfg.num_heads,
+    """Zeroed keys and values for every layer: a pair of heads-major [depth, B, A, S, K] arrays
+    (attention.decode's layout), in attention.cache_dtype unless `dtype` is given."""
+    shape = (self.cfg.depth, batch, self.cfg.num_heads, self.cache_len,
              self.cfg.width // self.cfg.num_heads)
     dtype = dtype or attention.cache_dtype(self.dtype)
     return (jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
