@@ -27,6 +27,14 @@ def atomic_write(path: str, write: Callable, *, binary: bool = True, durable: bo
     raise
 
 
+def read_json(path: str):
+  """The JSON at `path`, or None where there is no file."""
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
 def write_json(path: str, obj, **dump_kwargs) -> None:
   atomic_write(path, lambda f: json.dump(obj, f, **dump_kwargs), binary=False)
 

@@ -24,7 +24,7 @@ from absl import logging
 
 from pra_jax import checkpoint, config_check, data, files, restore, run_record, sharding
 from pra_jax.sampling import ar_loop, grids
-from pra_jax.studies import report, rollout_gap
+from pra_jax.studies import report, rollout_gap, study_probes
 
 MODES = ("teacher", "pixel_noise", "recon", "pra", "head_sample", "exact", "direct_x", "direct_v",
          "direct_x_noise")
@@ -199,13 +199,6 @@ def run_config(base, run: Run, num_steps: int):
 
 # ----------------------------------------------------------------------------- one run
 
-def _read_json(path):
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
-
-
 def _write_json(path, obj):
   files.write_json(path, obj, indent=1)
 
@@ -221,7 +214,7 @@ def check_budget(workdir: str, num_steps: int, config_json: str | None = None) -
   """Resuming under another budget would mix two learning-rate schedules in one run, and reusing
   a run trained under another config (an older head_sample, say) would score the wrong model:
   refuse both. Runs recorded before configs were recorded are only checked for the budget."""
-  budget = _read_json(os.path.join(workdir, "ablate_budget.json"))
+  budget = files.read_json(os.path.join(workdir, "ablate_budget.json"))
   if budget is not None and budget["num_steps"] != num_steps:
     raise ValueError(f"{workdir} was trained with a budget of {budget['num_steps']} steps, not "
                      f"{num_steps}: use a new --workdir (or the old --num_steps)")
@@ -242,7 +235,7 @@ def train_run(config, workdir: str) -> dict:
   budget_path = os.path.join(workdir, "ablate_budget.json")
   record_path = os.path.join(workdir, "ablate_train.json")
   if _final_step_saved(config, workdir):
-    record = _read_json(record_path) or {"steps": config.train.num_steps, "wall_s": None}
+    record = files.read_json(record_path) or {"steps": config.train.num_steps, "wall_s": None}
     return {**record, "trained": False}
   os.makedirs(workdir, exist_ok=True)
   _write_json(budget_path, {"num_steps": config.train.num_steps, "config": config.to_json()})
@@ -281,7 +274,7 @@ def score_run(config, workdir: str, ev: Eval, judge_cache: str) -> dict:
          "gap_version": GAP_VERSION}
   cache_path = os.path.join(workdir, "ablate_eval.json")
   samples_path = os.path.join(workdir, "ablate_samples.npz")
-  cached = _read_json(cache_path)
+  cached = files.read_json(cache_path)
   if cached is not None and cached.get("key") == key and os.path.exists(samples_path):
     return {**cached["scores"], "cached": True}
   start = time.time()
@@ -302,44 +295,6 @@ def score_run(config, workdir: str, ev: Eval, judge_cache: str) -> dict:
   scores = {**scores, "step": step, "gap": rollout_gap.to_json(result), "eval_wall_s": time.time() - start}
   _write_json(cache_path, {"key": key, "scores": scores})
   return {**scores, "cached": False}
-
-
-def probe_run(config, workdir: str, layers) -> dict:
-  """Held-out top-1 of a linear probe on the run's frozen backbone at each block in `layers`
-  (pra_jax.probe's recipe): {str(layer): top-1}; cached in workdir/ablate_probe.json."""
-  from pra_jax.studies import linear_probe
-  step = max(checkpoint.Checkpointer(workdir, config.checkpoint, read_only=True).all_steps())
-  key = {"step": step, "layers": list(layers), "epochs": linear_probe.DEFAULT_EPOCHS}
-  path = os.path.join(workdir, "ablate_probe.json")
-  cached = _read_json(path)
-  if cached is not None and cached.get("key") == key:
-    return cached["top1"]
-  model, _, _ = restore.restore_for_sampling(config, workdir)
-  top1 = {str(l): linear_probe.probe(model, config, layer=l, pixels=False)["backbone_eval_top1"]
-          for l in layers}
-  _write_json(path, {"key": key, "top1": top1})
-  return top1
-
-
-def probe_baselines(base, workdir: str, layers) -> dict:
-  """The probe on raw pixels and on a freshly initialised backbone of the base config (seed
-  base.seed): what a trained backbone must beat. Cached in workdir/probe_baselines.json."""
-  from pra_jax.models import pra
-  from pra_jax.studies import linear_probe
-  key = {"layers": list(layers), "epochs": linear_probe.DEFAULT_EPOCHS, "seed": base.seed}
-  path = os.path.join(workdir, "probe_baselines.json")
-  cached = _read_json(path)
-  if cached is not None and cached.get("key") == key:
-    return cached["top1"]
-  model = pra.create_model(base)
-  top1 = {}
-  for i, l in enumerate(layers):
-    r = linear_probe.probe(model, base, layer=l, pixels=i == 0)
-    top1[f"untrained {l}"] = r["backbone_eval_top1"]
-    if i == 0:
-      top1["pixels"] = r["pixels_eval_top1"]
-  _write_json(path, {"key": key, "top1": top1})
-  return top1
 
 
 def real_reference(config, ev: Eval, judge_cache: str) -> dict:
@@ -374,7 +329,8 @@ _COLUMNS = (("wall", ".0f"), ("acc", ".3f"), ("fd", ".2f"), ("teacher", ".4f"),
 
 
 def write_table(path: str, rows: list[dict], base, num_steps: int, ev: Eval, reference: dict,
-                total_wall_s: float) -> None:
+                total_wall_s: float, extra: str = "") -> None:
+  """ablation.md: the main table, per-seed rows, then `extra` (the probe section, if any)."""
   sections = {"mode": "Input modes (and the direct-pixel baselines)",
               "pixel_sigma": "The existing fixes at other strengths: pixel-space input noise "
                              "(pixel_noise) and x-prediction with it (direct_x_noise)",
@@ -448,32 +404,7 @@ def write_table(path: str, rows: list[dict], base, num_steps: int, ev: Eval, ref
             f"or scored are reused, so this can be less than the sum above; a resumed run's "
             f"train wall counts only the invocation that finished it). Per-run gap plots: "
             f"<run>/gap/; samples: ablation.png (a panel per run, a row per class).", ""]
-  files.write_text(path, "\n".join(lines))
-
-
-def probe_table(rows: list[dict], layers, baselines: dict) -> str:
-  """The linear-probe section of ablation.md: held-out top-1 per run (mean +- std over seeds,
-  then every seed) beside raw pixels and the untrained backbone."""
-  cols = [str(l) for l in layers]
-  head = ("| run | seeds | " + " | ".join(f"probe block {l}" for l in cols) + " |\n|---|---|"
-          + "---|" * len(cols) + "\n")
-  lines = ["", "## Linear probe of the frozen backbone", "",
-           f"Held-out top-1 of a linear probe (pra_jax.probe's recipe) on the mean-pooled "
-           f"features of each block (the last = -1, the final output), beside raw pixels "
-           f"{baselines['pixels']:.3f} and a freshly initialised backbone (" + ", ".join(
-               f"block {l} {baselines[f'untrained {l}']:.3f}" for l in cols) + ").", "", head]
-  probed = [r for r in rows if r.get("probe")]
-  details = []
-  for name in dict.fromkeys(r["base"] for r in probed):
-    members = [r for r in probed if r["base"] == name]
-    cells = [report.mean_std([m["probe"][c] for m in members], ".3f") for c in cols]
-    lines.append(f"| {name} | {len(members)} | " + " | ".join(cells) + " |\n")
-    if len(members) > 1:
-      details += [f"| {m['name']} | {m['seed']} | " + " | ".join(
-          f"{m['probe'][c]:.3f}" for c in cols) + " |\n" for m in members]
-  if details:
-    lines += ["", "Per seed (seed offset in the second column):", "", head] + details
-  return "\n".join(l.rstrip("\n") for l in lines) + "\n"
+  files.write_text(path, "\n".join(lines) + extra)
 
 
 def write_figure(path: str, panels: list[tuple[str, np.ndarray]], scale: int = 2,
@@ -608,7 +539,7 @@ def run_study(base, workdir: str, *, modes=None, sigmas=None, state_dims=None, s
       try:
         done[run_dir] = _one_run(run, base, workdir, run_dir, num_steps, ev, judge_cache)
         if probe_layers:
-          done[run_dir]["probe"] = probe_run(run_config(base, run, num_steps),
+          done[run_dir]["probe"] = study_probes.probe_run(run_config(base, run, num_steps),
                                              os.path.join(workdir, run_dir), probe_layers)
           print(f"[ablate] {run.name}: probe held-out top-1 " + ", ".join(
               f"block {l} {v:.3f}" for l, v in done[run_dir]["probe"].items()), flush=True)
@@ -622,11 +553,12 @@ def run_study(base, workdir: str, *, modes=None, sigmas=None, state_dims=None, s
                  "base": run.base or run.name, "seed": run.seed, "run_dir": run_dir,
                  **done[run_dir]})
   reference = real_reference(base, ev, judge_cache)
-  baselines = probe_baselines(base, workdir, probe_layers) if probe_layers else None
+  extra = ""
+  if probe_layers:
+    baselines = study_probes.probe_baselines(base, workdir, probe_layers)
+    extra = study_probes.probe_table(rows, probe_layers, baselines)
   table = os.path.join(workdir, "ablation.md")
-  write_table(table, rows, base, num_steps, ev, reference, time.time() - start)
-  if baselines is not None:
-    files.write_text(table, open(table).read() + probe_table(rows, probe_layers, baselines))
+  write_table(table, rows, base, num_steps, ev, reference, time.time() - start, extra)
   panels = []
   for row in rows:
     # Aliases are shown once, and every mode at its first seed only.
