@@ -34,10 +34,12 @@ class Preemption:
   - Nothing trained since the last committed checkpoint (compiling, restoring, loading data, or
     just after a save): exit 0 at once, even inside a compile. A watcher thread is woken by the
     signal at C level (signal.set_wakeup_fd), so a busy main thread cannot delay it. With several
-    processes too: nothing can be lost, and waiting for the others would mean waiting out the
-    compile. A process that did not get the signal then fails its next collective and exits
-    with LOST_PEER_EXIT (or the coordination service's heartbeat timeout ends it); a restart
-    resumes from the same checkpoint.
+    processes this holds only until the first step has run (compiling, restoring): nothing can
+    be lost, and waiting for the others would mean waiting out the compile. A process that did
+    not get the signal then fails its next collective and exits with LOST_PEER_EXIT (or the
+    coordination service's heartbeat timeout ends it); a restart resumes from the same
+    checkpoint. Once steps run (`voting`), a lone exit would end the others with a lost peer
+    even just after a save, so the signal always goes through the vote.
   - Inside a sample grid or periodic eval (one process): the eval is abandoned, the loop saves.
   - Otherwise the loop saves at the end of the current step and exits 0. With several
     processes, the notice is shared through an all-reduce one step late (see `StopVote`), so
@@ -47,6 +49,7 @@ class Preemption:
   def __init__(self):
     self.requested = False
     self.dirty = False        # Steps trained since the last committed checkpoint.
+    self.voting = False       # Several processes and the loop running: stop through StopVote.
     self.abortable = False
     self.abort_pending = False  # An abort raised where it may have been swallowed.
     self.is_saving = lambda: False
@@ -87,8 +90,14 @@ class Preemption:
       if signal.SIGTERM in got:
         self.exit_if_clean()
 
+  def stepped(self, several_processes: bool):
+    """Called after each train step: something is now unsaved, and with several processes a
+    SIGTERM from here on stops every process at one step through the vote."""
+    self.dirty = True
+    self.voting = several_processes
+
   def exit_if_clean(self):
-    if not self.dirty and not self.is_saving():
+    if not self.dirty and not self.voting and not self.is_saving():
       logging.warning("SIGTERM with nothing trained since the last checkpoint: exiting now.")
       logging.flush()
       os._exit(0)  # pylint: disable=protected-access

@@ -216,7 +216,7 @@ def _train(config, workdir, overwrite, preemption) -> dict:
           jax.block_until_ready(metrics)
           logging.info("Train step compiled and step %d run in %.1f s.", step,
                        time.perf_counter() - t_compile)
-        preemption.dirty = True  # Only now: a SIGTERM while this step compiled loses nothing.
+        preemption.stepped(vote is not None)  # Only now: a SIGTERM in the compile loses nothing.
         if pending is not None:
           flush(pending)  # Fetch step - 1 while step runs: the host never waits on the device.
         pending = (step, metrics)

@@ -21,6 +21,8 @@ import struct
 import subprocess
 import sys
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(REPO, "launch", "local_multiprocess.sh")
 OVERRIDES = ("--config.train.lr_schedule=constant", "--config.train.log_every=1",
@@ -233,3 +235,30 @@ def test_sigterm_to_one_process_stops_both_then_a_killed_peer_ends_the_survivor(
     for p in started:
       if p.poll() is None:
         p.kill()
+
+
+_SIGTERM_AFTER_A_SAVE = """
+import os, signal, sys, time
+from pra_jax import preemption
+p = preemption.Preemption()
+p.single = {single}
+p.stepped(several_processes=not p.single)   # Steps run ...
+p.dirty = False                              # ... and a checkpoint was just committed.
+os.kill(os.getpid(), signal.SIGTERM)
+time.sleep(3.0)                              # The watcher would have exited by now.
+print("still running, stop requested:", p.requested)
+"""
+
+
+@pytest.mark.parametrize("single", [False, True])
+def test_sigterm_just_after_a_save_goes_through_the_vote_with_several_processes(single):
+  """With several processes, a process that exits alone when nothing is unsaved ends the others
+  with a lost peer (status 3). Once steps run, its SIGTERM must wait for the vote, so every
+  process stops at the same step with status 0. One process still exits at once."""
+  out = subprocess.run([sys.executable, "-c", _SIGTERM_AFTER_A_SAVE.format(single=single)],
+                       cwd=REPO, capture_output=True, text=True, timeout=HANG_S)
+  assert out.returncode == 0, out.stderr[-3000:]
+  if single:
+    assert "exiting now" in out.stderr and "still running" not in out.stdout, out
+  else:
+    assert "still running, stop requested: True" in out.stdout, (out.stdout, out.stderr[-3000:])
