@@ -41,6 +41,7 @@ def evaluate_model(generator, config, workdir: str, step: int, writer=None,
   on every device of every process (all processes call it), and scores them on process 0; the
   others return {}."""
   labels = balanced_labels(config.eval.num_images, config.data.num_classes)
+  logging.info("Evaluation at step %d: sampling %d images ...", step, len(labels))
   images = data_parallel.generate_all(generator, labels, rng.stream(config.seed, "eval"),
                                       check_stop)
   if jax.process_index() != 0:
