@@ -120,6 +120,23 @@ def check(config, num_devices: int, mesh_cfg=None, *, devices=None):
   return config, mesh
 
 
+def compiler_out_of_memory(e: Exception) -> str | None:
+  """The TPU compiler's refusal of a program larger than the chip's memory (RESOURCE_EXHAUSTED
+  at compile time), as its one line; None for any other error. On such a target `fits` is the
+  compiler's own answer, so the plan prints it as a row instead of failing."""
+  text = str(e)
+  if not isinstance(e, jax.errors.JaxRuntimeError) or "RESOURCE_EXHAUSTED" not in text:
+    return None
+  found = re.search(r"Ran out of memory[^\n]*", text)
+  return (found.group(0) if found else text.splitlines()[0]).strip()
+
+
+def _refused(why: str, devices, **fields) -> dict:
+  """A plan row for a program the compiler refused: what is known, and why."""
+  return {"refused": why, "platform": devices[0].platform, "device_kind": devices[0].device_kind,
+          "devices": len(devices), **fields}
+
+
 def plan(config, num_devices: int, mesh_cfg=None, *, devices=None,
          budget_gib: float = 16.0, costs: bool = False) -> dict:
   """Compiles the train step of `config` for `num_devices` and returns its memory per device.
@@ -135,7 +152,19 @@ def plan(config, num_devices: int, mesh_cfg=None, *, devices=None,
   platform = devices[0].platform
   global_batch = config.train.batch_size
 
-  compiled, state, lower_s, compile_s = train_step.compile_train_step(config, mesh, global_batch)
+  b = config.model.backbone
+  try:
+    compiled, state, lower_s, compile_s = train_step.compile_train_step(config, mesh,
+                                                                        global_batch)
+  except jax.errors.JaxRuntimeError as e:
+    why = compiler_out_of_memory(e)
+    if why is None:
+      raise
+    return _refused(why, devices, attention=b.attention, mesh=dict(mesh.shape),
+                    global_batch=global_batch, grad_accum_steps=config.train.grad_accum_steps,
+                    per_device_batch=global_batch // sharding.batch_divisor(mesh),
+                    remat=b.remat_policy, scan_layers=bool(b.scan_layers), dtype=b.dtype,
+                    budget=int(budget_gib * GIB), fits=False)
   mem = compiled.memory_analysis()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -146,7 +175,6 @@ def plan(config, num_devices: int, mesh_cfg=None, *, devices=None,
     t0 = time.perf_counter()
     extra = {"step_cost": step_cost(config, mesh, global_batch),
              "cost_compile_s": time.perf_counter() - t0}
-  b = config.model.backbone
   return {
       "platform": platform,
       "device_kind": devices[0].device_kind,
@@ -197,6 +225,12 @@ def format_row(name: str, r: dict, target: str = "cpu") -> str:
   gib = lambda x: f"{x / GIB:.3g}"
   m = r["mesh"]
   budget = f"{r['budget'] / GIB:.3g}"
+  if "refused" in r:
+    return (f"| {name} | {target} | {r['device_kind']} | {r['devices']} "
+            f"| {m['data']},{m['fsdp']},{m['tensor']} | {r['per_device_batch']} "
+            f"| {r['grad_accum_steps']} | {r['remat']} | {'on' if r['scan_layers'] else 'off'} "
+            f"| {r['dtype']} | {r['attention']} | - | - | - | - | - | - "
+            f"| NO <= {budget}: {r['refused']} | - |")
   return (f"| {name} | {target} | {r['device_kind']} | {r['devices']} "
           f"| {m['data']},{m['fsdp']},{m['tensor']} "
           f"| {r['per_device_batch']} | {r['grad_accum_steps']} | {r['remat']} "
@@ -209,6 +243,10 @@ def format_row(name: str, r: dict, target: str = "cpu") -> str:
 def format_sample_row(name: str, r: dict, target: str, budget_gib: float) -> str:
   gib = lambda x: f"{x / GIB:.3g}"
   s = r["settings"]
+  if "refused" in r:
+    return (f"| {name} | {target} | {r['device_kind']} | {r['devices']} | {r['per_device_batch']} "
+            f"| {r['rows']} | {s.cfg:g} | {s.num_steps} {s.solver} | - | {gib(r['kv_cache'])} "
+            f"| - | - | NO <= {budget_gib:.3g}: {r['refused']} | - |")
   fits = "yes" if r["peak"] <= budget_gib * GIB else "NO"
   return (f"| {name} | {target} | {r['device_kind']} | {r['devices']} | {r['per_device_batch']} "
           f"| {r['rows']} | {s.cfg:g} | {s.num_steps} {s.solver} | {gib(r['weights'])} "
@@ -300,13 +338,21 @@ def plan_sampler(config, devices, per_device_batch: int, settings, *,
     config_check.validate(config)
   graphdef, state = _abstract_weights(config, mesh)
   model = nnx.merge(graphdef, state)
-  t0 = time.perf_counter()
-  gen = data_parallel.DataParallelGenerator(model, mesh, settings,
-                                            per_device_batch=per_device_batch)
-  compile_s = time.perf_counter() - t0
-  mem = gen.compiled.memory_analysis()
   rows = per_device_batch * (2 if settings.cfg != 1.0 else 1)
   cache = jax.eval_shape(lambda: model.backbone.init_cache(rows))
+  kv_cache = sum(int(np.prod(c.shape)) * c.dtype.itemsize for c in jax.tree.leaves(cache))
+  t0 = time.perf_counter()
+  try:
+    gen = data_parallel.DataParallelGenerator(model, mesh, settings,
+                                              per_device_batch=per_device_batch)
+  except jax.errors.JaxRuntimeError as e:
+    why = compiler_out_of_memory(e)
+    if why is None:
+      raise
+    return _refused(why, devices, per_device_batch=per_device_batch, rows=rows,
+                    settings=settings, kv_cache=kv_cache)
+  compile_s = time.perf_counter() - t0
+  mem = gen.compiled.memory_analysis()
   out = {
       "platform": devices[0].platform,
       "device_kind": devices[0].device_kind,
@@ -315,7 +361,7 @@ def plan_sampler(config, devices, per_device_batch: int, settings, *,
       "rows": rows,
       "settings": settings,
       "weights": _bytes_per_device(state),
-      "kv_cache": sum(int(np.prod(c.shape)) * c.dtype.itemsize for c in jax.tree.leaves(cache)),
+      "kv_cache": kv_cache,
       "arguments": mem.argument_size_in_bytes,
       "temp": mem.temp_size_in_bytes,
       "outputs": mem.output_size_in_bytes,

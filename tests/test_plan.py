@@ -94,3 +94,40 @@ def test_helpers():
     plan.parse_mesh("model=2")
   flags = fake_devices.xla_flags(64, "--xla_force_host_platform_device_count=8 --foo")
   assert flags == "--foo --xla_force_host_platform_device_count=64"
+
+
+# The TPU compiler's refusal of a program over the chip's HBM, as it wrote it for PRA-L's
+# sampler at 512 images per v5p chip (2026-12-06).
+_OOM = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+        "temporaries (110.11G) exceeds available HBM (95.74G).")
+
+
+def test_a_program_the_compiler_refuses_for_memory_is_a_no_row(monkeypatch):
+  """On a TPU target the compiler itself refuses a program larger than the chip: the plan prints
+  that as a `NO` row with the compiler's line (and goes on to the next row), not a traceback."""
+  import jax
+
+  from pra_jax import train_step
+  from pra_jax.sampling import ar_loop, data_parallel
+
+  def refuse(*args, **kwargs):
+    raise jax.errors.JaxRuntimeError(_OOM)
+
+  config = tiny.get_config()
+  monkeypatch.setattr(train_step, "compile_train_step", refuse)
+  r = plan.plan(config, 1, {"data": 1}, budget_gib=95.0, costs=True)
+  line = plan.format_row("pra_l", r, "v5p-64")
+  assert "| NO <= 95: Ran out of memory on HBM, the total memory required for HLO temporaries " \
+         "(110.11G) exceeds available HBM (95.74G). |" in line, line
+  assert line.count("|") == plan.HEADER.count("|"), line
+
+  monkeypatch.setattr(data_parallel, "DataParallelGenerator", refuse)
+  settings = ar_loop.SampleSettings.from_config(config.sample)
+  r = plan.plan_sampler(config, jax.devices("cpu")[:1], 512, settings)
+  line = plan.format_sample_row("pra_l", r, "v5p-64", 95.0)
+  assert "| 512 | 1024 |" in line and "NO <= 95: Ran out of memory on HBM" in line, line
+  assert line.count("|") == plan.SAMPLE_HEADER.count("|"), line
+
+  other = jax.errors.JaxRuntimeError("INTERNAL: something else")
+  assert plan.compiler_out_of_memory(other) is None
+  assert plan.compiler_out_of_memory(ValueError(_OOM)) is None

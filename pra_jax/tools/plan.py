@@ -15,8 +15,9 @@ is one host of 8; needs `pip install jax-cuda12-plugin==0.10.2 jax-cuda12-pjrt==
 memory only, and 'cudnn' attention compiles as cuDNN's kernel), or `cpu` (the default). A TPU target needs
 libtpu (`pip install libtpu==0.0.42.1`; GPU users do not): the step is then compiled by the
 TPU compiler for that slice's compile-only devices, one per chip, and its bytes per chip are
-the compiler's own, checked against the chip's HBM. Fused attention (backbone.attention
-'splash') is compiled for real there, as a Mosaic kernel.
+the compiler's own, checked against the chip's HBM; a program the TPU compiler refuses as
+larger than the chip prints as a `NO` row with the compiler's line, and the next row follows.
+Fused attention (backbone.attention 'splash') is compiled for real there, as a Mosaic kernel.
 
 --program=train (default): `--batch` is the global batch. `--mesh`, `--remat` and `--accum`
 may be repeated (`--remat=none --remat=full`): one table row per combination. With
