@@ -137,6 +137,19 @@ def _refused(why: str, devices, **fields) -> dict:
           "devices": len(devices), **fields}
 
 
+def _costs_or_refusal(key: str, costs) -> dict:
+  """{key: costs()}, or {"cost_refused": why} where the TPU compiler refuses a cost program: its
+  pieces run with the layer stack unrolled, which can need more memory than the real program
+  (PRA-L's sampler at 512 per v5p chip: 52 GiB, its cost piece over 95). The row still stands."""
+  try:
+    return {key: costs()}
+  except jax.errors.JaxRuntimeError as e:
+    why = compiler_out_of_memory(e)
+    if why is None:
+      raise
+    return {"cost_refused": why}
+
+
 def plan(config, num_devices: int, mesh_cfg=None, *, devices=None,
          budget_gib: float = 16.0, costs: bool = False) -> dict:
   """Compiles the train step of `config` for `num_devices` and returns its memory per device.
@@ -173,8 +186,8 @@ def plan(config, num_devices: int, mesh_cfg=None, *, devices=None,
   extra = {}
   if costs:
     t0 = time.perf_counter()
-    extra = {"step_cost": step_cost(config, mesh, global_batch),
-             "cost_compile_s": time.perf_counter() - t0}
+    extra = _costs_or_refusal("step_cost", lambda: step_cost(config, mesh, global_batch))
+    extra["cost_compile_s"] = time.perf_counter() - t0
   return {
       "platform": platform,
       "device_kind": devices[0].device_kind,
@@ -371,6 +384,7 @@ def plan_sampler(config, devices, per_device_batch: int, settings, *,
   }
   if costs:
     t0 = time.perf_counter()
-    out["cost"] = sampler_cost(config, devices[0], per_device_batch, settings)
+    out.update(_costs_or_refusal(
+        "cost", lambda: sampler_cost(config, devices[0], per_device_batch, settings)))
     out["cost_compile_s"] = time.perf_counter() - t0
   return out

@@ -128,6 +128,13 @@ def test_a_program_the_compiler_refuses_for_memory_is_a_no_row(monkeypatch):
   assert "| 512 | 1024 |" in line and "NO <= 95: Ran out of memory on HBM" in line, line
   assert line.count("|") == plan.SAMPLE_HEADER.count("|"), line
 
+  # The real sampler fits, its cost program (the layer stack unrolled) does not: the row stands.
+  monkeypatch.undo()
+  monkeypatch.setattr(plan, "sampler_cost", refuse)
+  r = plan.plan_sampler(config, jax.devices("cpu")[:1], 2, settings, costs=True)
+  assert "refused" not in r and "cost" not in r and r["peak"] > 0, r
+  assert r["cost_refused"].startswith("Ran out of memory on HBM"), r
+
   other = jax.errors.JaxRuntimeError("INTERNAL: something else")
   assert plan.compiler_out_of_memory(other) is None
   assert plan.compiler_out_of_memory(ValueError(_OOM)) is None

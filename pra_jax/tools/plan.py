@@ -143,7 +143,7 @@ def _train(name, config, target, devices, budget_gib):
       config.train.grad_accum_steps = accum
       memory_plan.check(config, count, mesh_cfg, devices=devices)
   print(memory_plan.HEADER, flush=True)
-  estimates = []
+  estimates, refused = [], []
   for mesh_cfg, accum, remat in rows:
     config.model.backbone.remat_policy = remat
     config.train.grad_accum_steps = accum
@@ -151,6 +151,10 @@ def _train(name, config, target, devices, budget_gib):
       r = memory_plan.plan(config, count, mesh_cfg, devices=devices, budget_gib=budget_gib,
                            costs=_costed(target))
     print(memory_plan.format_row(name, r, label), flush=True)
+    if "cost_refused" in r:
+      m = r["mesh"]
+      refused.append(f"{m['data']},{m['fsdp']},{m['tensor']}, remat {r['remat']}, accum "
+                     f"{r['grad_accum_steps']}: {r['cost_refused']}")
     if "step_cost" in r:
       estimates.append(_train_estimate(name, config, target, r))
   if estimates:
@@ -162,6 +166,9 @@ def _train(name, config, target, devices, budget_gib):
     print(COST_HEADER)
     for line in estimates:
       print(line, flush=True)
+  for line in refused:
+    print(f"\nNo estimate for mesh {line} (the cost program, compiled with the layer stack "
+          f"unrolled, was refused by the TPU compiler; the row above is the real step's).")
 
 
 def _train_estimate(name, config, target, r) -> str:
@@ -192,6 +199,10 @@ def _sample(name, config, target, devices, budget_gib):
   label = target.name if target else "cpu"
   print(memory_plan.SAMPLE_HEADER)
   print(memory_plan.format_sample_row(name, r, label, budget_gib), flush=True)
+  if "cost_refused" in r:
+    print(f"\nNo estimate: the TPU compiler refused the cost program (one position and one head "
+          f"evaluation with the layer stack unrolled; the row above is the real sampler's): "
+          f"{r['cost_refused']}. A smaller --batch gives the estimate.")
   if "cost" not in r:
     return
   chip, c = target.chip, r["cost"]
