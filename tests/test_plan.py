@@ -138,3 +138,29 @@ def test_a_program_the_compiler_refuses_for_memory_is_a_no_row(monkeypatch):
   other = jax.errors.JaxRuntimeError("INTERNAL: something else")
   assert plan.compiler_out_of_memory(other) is None
   assert plan.compiler_out_of_memory(ValueError(_OOM)) is None
+
+
+def test_the_sampler_cost_counts_every_loop_and_matches_the_model_flops():
+  """sampler_cost compiles one position and one head evaluation with the stack unrolled (loops
+  count once in a cost analysis); scaled by their counts, the compiled FLOPs of an image must
+  agree with the analytic count of benchmarks/_flops.py (PRA-L on v5p: 2093 vs 2075 GFLOP)."""
+  import jax
+
+  from pra_jax.sampling import ar_loop
+  sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+  try:
+    import _flops
+  finally:
+    sys.path.pop(0)
+  config = tiny.get_config()
+  settings = ar_loop.SampleSettings.from_config(config.sample, cfg=2.0)
+  c = plan.sampler_cost(config, jax.devices("cpu")[0], 4, settings)
+  evals = settings.num_steps * (2 if settings.solver == "heun" else 1)
+  assert c["positions"] == (config.data.image_size // config.model.patch_size) ** 2
+  assert c["extra_head_evals"] == c["positions"] * (evals - 1)
+  per_image = (c["positions"] * c["position"]["flops"]
+               + c["extra_head_evals"] * c["head_eval"]["flops"]) / 4
+  model = _flops.sample_flops(config, settings.num_steps, settings.solver, settings.cfg)["total"]
+  print(f"tiny sampler: compiled {per_image / 1e6:.2f} MFLOP/image, model {model / 1e6:.2f}")
+  assert 0.8 * model <= per_image <= 1.5 * model, (per_image, model)   # 0.96 here.
+  assert plan.sampler_time_s(c, 1e12, 1e11) > 0

@@ -202,7 +202,7 @@ def _sample(name, config, target, devices, budget_gib):
   if "cost_refused" in r:
     print(f"\nNo estimate: the TPU compiler refused the cost program (one position and one head "
           f"evaluation with the layer stack unrolled; the row above is the real sampler's): "
-          f"{r['cost_refused']}. A smaller --batch gives the estimate.")
+          f"{r['cost_refused'].rstrip('.')}. A smaller --batch gives the estimate.")
   if "cost" not in r:
     return
   chip, c = target.chip, r["cost"]
