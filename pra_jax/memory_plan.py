@@ -137,17 +137,24 @@ def _refused(why: str, devices, **fields) -> dict:
           "devices": len(devices), **fields}
 
 
-def _costs_or_refusal(key: str, costs) -> dict:
-  """{key: costs()}, or {"cost_refused": why} where the TPU compiler refuses a cost program: its
-  pieces run with the layer stack unrolled, which can need more memory than the real program
-  (PRA-L's sampler at 512 per v5p chip: 52 GiB, its cost piece over 95). The row still stands."""
+def _unless_out_of_memory(compile_fn):
+  """(compile_fn(), None), or (None, the compiler's line) where the TPU compiler refuses the
+  program for lack of memory; any other error propagates."""
   try:
-    return {key: costs()}
+    return compile_fn(), None
   except jax.errors.JaxRuntimeError as e:
     why = compiler_out_of_memory(e)
     if why is None:
       raise
-    return {"cost_refused": why}
+    return None, why
+
+
+def _costs_or_refusal(key: str, costs) -> dict:
+  """{key: costs()}, or {"cost_refused": why} where the TPU compiler refuses a cost program: its
+  pieces run with the layer stack unrolled, which may need more memory than the real program.
+  The real program's row still stands."""
+  value, why = _unless_out_of_memory(costs)
+  return {key: value} if why is None else {"cost_refused": why}
 
 
 def plan(config, num_devices: int, mesh_cfg=None, *, devices=None,
@@ -166,18 +173,15 @@ def plan(config, num_devices: int, mesh_cfg=None, *, devices=None,
   global_batch = config.train.batch_size
 
   b = config.model.backbone
-  try:
-    compiled, state, lower_s, compile_s = train_step.compile_train_step(config, mesh,
-                                                                        global_batch)
-  except jax.errors.JaxRuntimeError as e:
-    why = compiler_out_of_memory(e)
-    if why is None:
-      raise
+  compiled_step, why = _unless_out_of_memory(
+      lambda: train_step.compile_train_step(config, mesh, global_batch))
+  if why is not None:
     return _refused(why, devices, attention=b.attention, mesh=dict(mesh.shape),
                     global_batch=global_batch, grad_accum_steps=config.train.grad_accum_steps,
                     per_device_batch=global_batch // sharding.batch_divisor(mesh),
                     remat=b.remat_policy, scan_layers=bool(b.scan_layers), dtype=b.dtype,
                     budget=int(budget_gib * GIB), fits=False)
+  compiled, state, lower_s, compile_s = compiled_step
   mem = compiled.memory_analysis()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -357,13 +361,9 @@ def plan_sampler(config, devices, per_device_batch: int, settings, *,
   cache = jax.eval_shape(lambda: model.backbone.init_cache(rows))
   kv_cache = sum(int(np.prod(c.shape)) * c.dtype.itemsize for c in jax.tree.leaves(cache))
   t0 = time.perf_counter()
-  try:
-    gen = data_parallel.DataParallelGenerator(model, mesh, settings,
-                                              per_device_batch=per_device_batch)
-  except jax.errors.JaxRuntimeError as e:
-    why = compiler_out_of_memory(e)
-    if why is None:
-      raise
+  gen, why = _unless_out_of_memory(lambda: data_parallel.DataParallelGenerator(
+      model, mesh, settings, per_device_batch=per_device_batch))
+  if why is not None:
     return _refused(why, devices, per_device_batch=per_device_batch, rows=rows,
                     settings=settings, kv_cache=kv_cache)
   compile_s = time.perf_counter() - t0

@@ -172,6 +172,7 @@ def decode(q_BLAK, k_old_BASK, v_old_BASK, k_new_BLAK, v_new_BLAK, start):
              + p_new_BA[..., None] * f32(v_new_BLAK[:, 0])) / total_BA[..., None]
   return out_BAK[:, None].astype(q_BLAK.dtype)
 
+
 def causal(q_BLAK, k_BLAK, v_BLAK, implementation: str):
   """Causal attention of [B, L, A, K] queries, keys and values by the named kernel."""
   return KERNELS[implementation](q_BLAK, k_BLAK, v_BLAK)
