@@ -182,6 +182,7 @@ def plan(config, num_devices: int, mesh_cfg=None, *, devices=None,
                     remat=b.remat_policy, scan_layers=bool(b.scan_layers), dtype=b.dtype,
                     budget=int(budget_gib * GIB), fits=False)
   compiled, state, lower_s, compile_s = compiled_step
+  ema_parts = ["ema"] + [f"ema_{i}" for i in range(1, len(train_step.extra_ema_decays(config)) + 1)]
   mem = compiled.memory_analysis()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -209,7 +210,9 @@ def plan(config, num_devices: int, mesh_cfg=None, *, devices=None,
       "num_params": int(sum(l.size for l in jax.tree.leaves(state["model"]))),
       "params": _bytes_per_device(state["model"]),
       "optimizer": _bytes_per_device(state["optimizer"]),
-      "ema": _bytes_per_device(state["ema"]),
+      # Every EMA the run keeps: train.ema_decay's and one more per train.ema_decays entry.
+      "ema": sum(_bytes_per_device(state[part]) for part in ema_parts),
+      "emas": len(ema_parts),
       "arguments": mem.argument_size_in_bytes,
       "outputs": mem.output_size_in_bytes,
       "aliased": mem.alias_size_in_bytes,
@@ -257,16 +260,21 @@ def format_row(name: str, r: dict, target: str = "cpu") -> str:
           f"| {'yes' if r['fits'] else 'NO'} <= {budget} | {r['lower_s'] + r['compile_s']:.0f} |")
 
 
+def head_steps(s) -> str:
+  """'8 heun', or '50->4 euler' with step annealing."""
+  return f"{s.num_steps}{f'->{s.min_steps}' if s.min_steps else ''} {s.solver}"
+
+
 def format_sample_row(name: str, r: dict, target: str, budget_gib: float) -> str:
   gib = lambda x: f"{x / GIB:.3g}"
   s = r["settings"]
   if "refused" in r:
     return (f"| {name} | {target} | {r['device_kind']} | {r['devices']} | {r['per_device_batch']} "
-            f"| {r['rows']} | {s.cfg:g} | {s.num_steps} {s.solver} | - | {gib(r['kv_cache'])} "
+            f"| {r['rows']} | {s.cfg:g} | {head_steps(s)} | - | {gib(r['kv_cache'])} "
             f"| - | - | NO <= {budget_gib:.3g}: {r['refused']} | - |")
   fits = "yes" if r["peak"] <= budget_gib * GIB else "NO"
   return (f"| {name} | {target} | {r['device_kind']} | {r['devices']} | {r['per_device_batch']} "
-          f"| {r['rows']} | {s.cfg:g} | {s.num_steps} {s.solver} | {gib(r['weights'])} "
+          f"| {r['rows']} | {s.cfg:g} | {head_steps(s)} | {gib(r['weights'])} "
           f"| {gib(r['kv_cache'])} | {gib(r['temp'])} | {gib(r['peak'])} "
           f"| {fits} <= {budget_gib:.3g} | {r['compile_s']:.0f} |")
 
@@ -297,6 +305,7 @@ def sampler_cost(config, device, per_device_batch: int, settings) -> dict:
   import jax.numpy as jnp
 
   from pra_jax.models import head as head_lib
+  from pra_jax.sampling import annealing
 
   config = copy.deepcopy(config)
   config.model.backbone.scan_layers = False
@@ -329,9 +338,12 @@ def sampler_cost(config, device, per_device_batch: int, settings) -> dict:
       state, arg((rows, model.patch_dim)), cache).compile())
   evl = compiled_cost(jax.jit(head_eval).lower(
       state, arg((rows, width)), arg((b, model.gen_dim))).compile())
-  evals = settings.num_steps * (2 if settings.solver == "heun" else 1)
   n = model.num_patches
-  return {"position": pos, "head_eval": evl, "positions": n, "extra_head_evals": n * (evals - 1),
+  if settings.min_steps:   # Annealed: the while loop runs each patch's own count.
+    evals = annealing.head_evaluations(settings.num_steps, settings.min_steps, n, settings.solver)
+  else:                    # The static loop: Heun's step computes both calls, the last one too.
+    evals = n * settings.num_steps * (2 if settings.solver == "heun" else 1)
+  return {"position": pos, "head_eval": evl, "positions": n, "extra_head_evals": evals - n,
           "batch": b}
 
 

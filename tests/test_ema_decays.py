@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import factories as F
-from pra_jax import config_check, optim, restore, sharding, train, train_step
+from pra_jax import config_check, memory_plan, optim, restore, sharding, train, train_step
 
 MESH = sharding.single_device_mesh()
 
@@ -42,11 +42,12 @@ def test_bad_decays_are_rejected():
 
 
 def test_memory_per_extra_ema_is_one_parameter_copy():
-  """The compiled step's argument bytes grow by the parameter bytes per extra EMA."""
-  sizes = {}
-  for decays in ((), (0.99,)):
-    config = F.tiny_config(**{"train.ema_decays": decays})
-    compiled = train_step.compile_train_step(config, MESH, config.train.batch_size)[0]
-    sizes[len(decays)] = compiled.memory_analysis().argument_size_in_bytes
+  """The plan counts every EMA, and the compiled step's argument bytes grow by the parameter
+  bytes per extra EMA."""
+  plans = {n: memory_plan.plan(F.tiny_config(**{"train.ema_decays": (0.99,) * n}), 1)
+           for n in (0, 1)}
   model = train_step.create_bundle(F.tiny_config(), MESH).model
-  assert sizes[1] - sizes[0] == sum(v.nbytes for v in _params(model).values())
+  param_bytes = sum(v.nbytes for v in _params(model).values())
+  assert plans[0]["emas"] == 1 and plans[1]["emas"] == 2
+  assert plans[0]["ema"] == param_bytes and plans[1]["ema"] == 2 * param_bytes
+  assert plans[1]["arguments"] - plans[0]["arguments"] == param_bytes

@@ -54,6 +54,9 @@ def test_cli_prints_a_row(outputs):
   assert row["batch/dev"] == "4" and row["accum"] == "2" and row["remat"] == "full"
   assert row["scan"] == "on"
   assert row["fits"] == "yes <= 0.5" and float(row["compile s"]) >= 0
+  # What one more train.ema_decays entry costs, stated under the table: the row's one EMA.
+  assert (f"EMA GiB counts 1 EMA(s): train.ema_decay's and one per train.ema_decays entry. "
+          f"Each is {row['EMA GiB']} GiB per device on mesh 1,2,1") in outputs[0], outputs[0]
 
 
 def test_plan_function_accounts_for_the_state(outputs):
@@ -152,15 +155,21 @@ def test_the_sampler_cost_counts_every_loop_and_matches_the_model_flops():
     import _flops
   finally:
     sys.path.pop(0)
+  from pra_jax.sampling import annealing
   config = tiny.get_config()
-  settings = ar_loop.SampleSettings.from_config(config.sample, cfg=2.0)
-  c = plan.sampler_cost(config, jax.devices("cpu")[0], 4, settings)
-  evals = settings.num_steps * (2 if settings.solver == "heun" else 1)
-  assert c["positions"] == (config.data.image_size // config.model.patch_size) ** 2
-  assert c["extra_head_evals"] == c["positions"] * (evals - 1)
-  per_image = (c["positions"] * c["position"]["flops"]
-               + c["extra_head_evals"] * c["head_eval"]["flops"]) / 4
-  model = _flops.sample_flops(config, settings.num_steps, settings.solver, settings.cfg)["total"]
-  print(f"tiny sampler: compiled {per_image / 1e6:.2f} MFLOP/image, model {model / 1e6:.2f}")
-  assert 0.8 * model <= per_image <= 1.5 * model, (per_image, model)   # 0.96 here.
+  n = (config.data.image_size // config.model.patch_size) ** 2
+  # The static loop (Heun computes both calls of every step), and step annealing, whose while
+  # loop runs each patch's own count (Heun's last step one call).
+  for steps, min_steps, solver, evals in ((3, 0, "heun", n * 6),
+                                          (6, 2, "heun", annealing.head_evaluations(6, 2, n, "heun"))):
+    settings = ar_loop.SampleSettings.from_config(config.sample, cfg=2.0, num_steps=steps,
+                                                  min_steps=min_steps, solver=solver)
+    c = plan.sampler_cost(config, jax.devices("cpu")[0], 4, settings)
+    assert c["positions"] == n and c["extra_head_evals"] == evals - n
+    per_image = (c["positions"] * c["position"]["flops"]
+                 + c["extra_head_evals"] * c["head_eval"]["flops"]) / 4
+    model = _flops.sample_flops(config, steps, solver, 2.0, min_steps)["total"]
+    print(f"tiny sampler {plan.head_steps(settings)}: compiled {per_image / 1e6:.2f} "
+          f"MFLOP/image, model {model / 1e6:.2f}")
+    assert 0.8 * model <= per_image <= 1.5 * model, (per_image, model)   # 0.96 here.
   assert plan.sampler_time_s(c, 1e12, 1e11) > 0

@@ -68,7 +68,7 @@ if __name__ == "__main__" and "jax" not in sys.modules:
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from pra_jax import cli, memory_plan, targets  # noqa: E402
+from pra_jax import cli, memory_plan, targets, train_step  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py", "Config to plan.")
 _TARGET = flags.DEFINE_string(
@@ -143,7 +143,7 @@ def _train(name, config, target, devices, budget_gib):
       config.train.grad_accum_steps = accum
       memory_plan.check(config, count, mesh_cfg, devices=devices)
   print(memory_plan.HEADER, flush=True)
-  estimates, refused = [], []
+  estimates, refused, per_ema = [], [], {}
   for mesh_cfg, accum, remat in rows:
     config.model.backbone.remat_policy = remat
     config.train.grad_accum_steps = accum
@@ -151,12 +151,22 @@ def _train(name, config, target, devices, budget_gib):
       r = memory_plan.plan(config, count, mesh_cfg, devices=devices, budget_gib=budget_gib,
                            costs=_costed(target))
     print(memory_plan.format_row(name, r, label), flush=True)
+    if "refused" not in r:
+      m = r["mesh"]
+      per_ema.setdefault(r["ema"] // r["emas"], []).append(f"{m['data']},{m['fsdp']},{m['tensor']}")
     if "cost_refused" in r:
       m = r["mesh"]
       refused.append(f"{m['data']},{m['fsdp']},{m['tensor']}, remat {r['remat']}, accum "
                      f"{r['grad_accum_steps']}: {r['cost_refused']}")
     if "step_cost" in r:
       estimates.append(_train_estimate(name, config, target, r))
+  emas = len(train_step.extra_ema_decays(config)) + 1
+  for size, on in per_ema.items():
+    # What train.ema_decays costs: each decay keeps one more float32 copy of the parameters.
+    print(f"\nEMA GiB counts {emas} EMA(s): train.ema_decay's and one per train.ema_decays "
+          f"entry. Each is {size / memory_plan.GIB:.3g} GiB per device on mesh "
+          f"{' and '.join(sorted(set(on)))}, which one more decay adds to the state and to every "
+          f"checkpoint.", flush=True)
   if estimates:
     print(f"\nEstimates, not measurements: {target.name} = {target.chips} x {target.chip.device_kind}, "
           f"peak {target.chip.peak_flops / 1e12:g} TFLOP/s bf16 and "
@@ -209,11 +219,12 @@ def _sample(name, config, target, devices, budget_gib):
   batch_s = memory_plan.sampler_time_s(c, chip.peak_flops, chip.hbm_bytes_per_s)
   per_batch = lambda k: (c["positions"] * c["position"][k]
                          + c["extra_head_evals"] * c["head_eval"][k])
-  model = _flops().sample_flops(config, settings.num_steps, settings.solver, settings.cfg)
+  model = _flops().sample_flops(config, settings.num_steps, settings.solver, settings.cfg,
+                                settings.min_steps)
   calls = math.ceil(FID_IMAGES / (per_chip * target.chips))
   print(f"\nEstimates, not measurements: {target.name} = {target.chips} x {chip.device_kind}, "
         f"peak {chip.peak_flops / 1e12:g} TFLOP/s bf16 and {chip.hbm_bytes_per_s / 1e9:g} GB/s "
-        f"HBM per chip ({chip.source}); {settings.num_steps} {settings.solver} head steps, "
+        f"HBM per chip ({chip.source}); {memory_plan.head_steps(settings)} head steps, "
         f"cfg {settings.cfg} ({settings.cfg_schedule}); a roofline leaves out the gaps between "
         f"kernels, loop overheads and MXU efficiency (see --help).")
   print(SAMPLE_COST_HEADER)
