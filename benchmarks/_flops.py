@@ -91,11 +91,11 @@ def sample_flops(config, num_steps: int | None = None, solver: str | None = None
   class tokens (prefill) and N - 1 patch tokens, each through every layer's dense layers and
   attention against the whole cache buffer of C + N - 1 slots (masked, not skipped), on 2 rows
   with CFG (conditional and null class); the head runs N positions x num_steps ODE steps x
-  (1 evaluation per Euler step, 2 per Heun step), also on 2 rows with CFG (the condition's
-  projection once per patch, the time MLP once per evaluation for all rows); the decoder turns
-  each of the N states into pixels once (the conditional row only). Defaults: config.sample.
-  With step annealing (min_steps > 0) patch i takes its scheduled steps instead, and Heun skips
-  the second evaluation of each patch's last step (pra_jax.sampling.annealing.integrate).
+  (1 evaluation per Euler step, 2 per Heun step but 1 on each patch's last, which is Euler's),
+  also on 2 rows with CFG (the condition's projection once per patch, the time MLP once per
+  evaluation for all rows); the decoder turns each of the N states into pixels once (the
+  conditional row only). Defaults: config.sample. With step annealing (min_steps > 0) patch i
+  takes its scheduled steps instead (pra_jax.sampling.annealing.integrate).
   """
   sp, m = config.sample, config.model
   b = m.backbone
@@ -113,7 +113,7 @@ def sample_flops(config, num_steps: int | None = None, solver: str | None = None
   if min_steps:
     evals = annealing.head_evaluations(num_steps, min_steps, n, solver)
   else:
-    evals = n * num_steps * (2 if solver == "heun" else 1)
+    evals = n * (2 * num_steps - 1 if solver == "heun" else num_steps)
   # The sampler computes the condition's projection once per patch and row, the time MLP once
   # per evaluation for all rows (head.guided_velocity), the rest per row and evaluation.
   parts = _head_parts(config)

@@ -339,10 +339,10 @@ def sampler_cost(config, device, per_device_batch: int, settings) -> dict:
   evl = compiled_cost(jax.jit(head_eval).lower(
       state, arg((rows, width)), arg((b, model.gen_dim))).compile())
   n = model.num_patches
-  if settings.min_steps:   # Annealed: the while loop runs each patch's own count.
-    evals = annealing.head_evaluations(settings.num_steps, settings.min_steps, n, settings.solver)
-  else:                    # The static loop: Heun's step computes both calls, the last one too.
-    evals = n * settings.num_steps * (2 if settings.solver == "heun" else 1)
+  # Annealed, each patch its own count; else num_steps at every patch (Heun: 2 calls a step, 1
+  # on the last).
+  evals = annealing.head_evaluations(settings.num_steps, settings.min_steps or settings.num_steps,
+                                     n, settings.solver)
   return {"position": pos, "head_eval": evl, "positions": n, "extra_head_evals": evals - n,
           "batch": b}
 

@@ -20,15 +20,13 @@ from configs import tiny
 from pra_jax.studies import input_mode_study as ablate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FAST_XLA = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 NUM_PATCHES = 16  # configs/tiny.py: 16x16 digits in 4x4 patches.
 
 
 def run_module(module, *args):
   """Runs `python -m module args` to its end: no wall-clock limit, which a loaded machine would
   trip (CI's own job limit still bounds it)."""
-  env = dict(os.environ, PYTHONPATH=REPO,
-             XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " " + FAST_XLA).strip(),
+  env = dict(os.environ, PYTHONPATH=REPO,   # XLA_FLAGS: the conftest's fast-compile flags.
              # One compilation cache for all the subprocesses: the gap CLI below scores the
              # study's model with the study's settings, so it compiles nothing new.
              JAX_COMPILATION_CACHE_DIR=_CACHE_DIR, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",

@@ -33,6 +33,32 @@ def test_schedule_falls_linearly_from_num_steps_to_the_floor():
   assert annealing.head_evaluations(20, 4, 16, "heun") == 2 * steps.sum() - 16
 
 
+def test_heun_does_not_compute_the_evaluation_its_last_step_discards(model, monkeypatch):
+  """Heun's last step is Euler's, so num_steps Heun steps are 2 num_steps - 1 head evaluations
+  (what sampler_cost and benchmarks/_flops count). The static loop used to compute the last
+  step's second evaluation too and throw it away. Counted as they run, loops included."""
+  calls = []
+  plain = head_lib.guided_velocity
+
+  def counted(*args, **kwargs):
+    velocity = plain(*args, **kwargs)
+
+    def run(z, t):
+      jax.debug.callback(lambda: calls.append(1))   # A side effect: never optimised away.
+      return velocity(z, t)
+    return run
+
+  monkeypatch.setattr(head_lib, "guided_velocity", counted)
+  h_MD = jnp.ones((4, model.head.cond_proj.in_features), jnp.float32)
+  z_MZ = jnp.zeros((4, model.gen_dim), jnp.float32)
+  for steps, solver, evals in ((3, "heun", 5), (1, "heun", 1), (3, "euler", 3)):
+    calls.clear()
+    jax.block_until_ready(head_lib.sample(model.head, h_MD, z_MZ, num_steps=steps,
+                                          solver=solver))
+    jax.effects_barrier()
+    assert len(calls) == evals, (steps, solver, len(calls))
+
+
 def test_a_flat_schedule_is_the_unannealed_sampler_bit_for_bit(model):
   """min_steps = num_steps runs the traced-count loop; min_steps = 0 the static loop that
   sampled before annealing existed: the same bits, Euler and Heun, guided or not."""

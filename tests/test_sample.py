@@ -34,8 +34,7 @@ COMMON = ("--steps=2", f"--num_images={NUM_IMAGES}")
 
 
 def _env(**extra):
-  return dict(os.environ, PYTHON=sys.executable, PYTHONPATH=REPO, JAX_PLATFORMS="cpu",
-              XLA_FLAGS="--xla_backend_optimization_level=0", **extra)
+  return dict(os.environ, PYTHON=sys.executable, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", **extra)
 
 
 def _start(workdir, out, log, *flags):
