@@ -79,12 +79,20 @@ def config_or_recorded(config, workdir: str):
   return ml_collections.ConfigDict(_tuples(recorded))
 
 def config_changes(old: dict, new: dict) -> dict:
-  """{dotted key: (old value, new value)} for every key that differs (missing = '<absent>')."""
+  """{dotted key: (old value, new value)} for every key that differs (missing = '<absent>').
+
+  A declared key missing from the recorded `old` was added to pra_jax after that run was
+  recorded: the run behaved as its declared default, which a new field keeps what the code did
+  before it (train.ema_decays = (): no extra EMA). So it compares as that default, and a run
+  recorded by an older pra_jax stays readable and resumable."""
   a = traverse_util.flatten_dict(old, sep=".")
   b = traverse_util.flatten_dict(new, sep=".")
   absent = "<absent>"
-  return {k: (a.get(k, absent), b.get(k, absent)) for k in sorted(set(a) | set(b))
-          if a.get(k, absent) != b.get(k, absent)}
+  before = lambda k: a[k] if k in a else (
+      json.loads(json.dumps(config_schema.BY_KEY[k].default))   # As config.json holds it.
+      if k in config_schema.BY_KEY else absent)
+  return {k: (before(k), b.get(k, absent)) for k in sorted(set(a) | set(b))
+          if before(k) != b.get(k, absent)}
 
 
 def describe(changes: dict, limit: int = 8) -> str:

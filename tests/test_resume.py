@@ -62,6 +62,23 @@ def test_read_with_the_wrong_config_is_refused_and_moves_nothing(run):
   assert step == 2
 
 
+def test_a_run_recorded_before_a_field_existed_reads_it_as_its_default(run):
+  """A config.json written by an older pra_jax lacks the fields added since; the run behaved as
+  their defaults, so it stays readable (it was refused: 'train.ema_decays: <absent> -> []'), and
+  a value other than the default is still another run."""
+  path = os.path.join(run, run_record.CONFIG_FILE)
+  with open(path) as f:
+    recorded = json.load(f)
+  del recorded["train"]["ema_decays"]
+  with open(path, "w") as f:
+    json.dump(recorded, f)
+  run_record.check_readable(run, _config())
+  model, _, step = restore.restore_for_sampling(_config(), run)
+  assert step == 2
+  with pytest.raises(ValueError, match=r"train\.ema_decays: \[\] -> \[0\.9\]"):
+    run_record.check_readable(run, _config(ema_decays=(0.9,)))
+
+
 def test_optimizer_tree_change_is_refused_naming_the_key(run):
   before = _listing(run)
   config = _config(grad_clip=0.0, num_steps=3)  # No clip: the optimizer state loses a node.
