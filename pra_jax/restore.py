@@ -44,8 +44,13 @@ def _restore(ckpt, step: int, config, mesh, use_ema: bool, *, replicate: bool):
   try:
     restored = ckpt.manager.restore(step, args=args)
   except Exception as e:  # pylint: disable=broad-except
-    raise ValueError(f"checkpoint {ckpt.directory}/{step} does not restore into this config's "
-                     f"model ({type(e).__name__}: {str(e).splitlines()[0][:300]})") from e
+    # The config matched the run's record (check_readable), so the arrays were written by
+    # another layout of the same model: an older pra_jax, or a checkpoint copied in by hand.
+    raise cli.mark_user_error(ValueError(
+        f"checkpoint {ckpt.directory}/{step} does not restore into this config's model "
+        f"({type(e).__name__}: {str(e).splitlines()[0][:300]}); expected arrays of the shapes "
+        f"this pra_jax builds for the run's config: read it with the pra_jax that wrote it, or "
+        f"retrain")) from e
   logging.info("Restored the %s weights of step %d from %s.", part, step, ckpt.directory)
   return nnx.merge(graphdef, restored["state"][part])
 
