@@ -11,6 +11,7 @@ import numpy as np
 from absl import logging
 
 from pra_jax import rng
+from pra_jax.metrics import scoring
 from pra_jax.sampling import data_parallel
 
 
@@ -27,7 +28,6 @@ def evaluate_samples(images: np.ndarray, labels: np.ndarray, config, cache_dir: 
     from pra_jax.metrics import photos
     return photos.evaluate_photos(images, labels, cache_dir)
   if config.eval.inception_path and config.eval.ref_path:
-    from pra_jax.metrics import scoring
     return scoring.evaluate_inception(images, labels, config.eval.ref_path,
                                       config.eval.inception_path, config.eval.batch_size)
   logging.warning("train.eval_every is set but config.eval.inception_path / ref_path are not: "
@@ -46,7 +46,8 @@ def evaluate_model(generator, config, workdir: str, step: int, writer=None,
                                       check_stop)
   if jax.process_index() != 0:
     return {}
-  metrics = evaluate_samples(images, labels, config, os.path.join(workdir, "eval_cache"))
+  metrics = evaluate_samples(images, labels, config,
+                             scoring.judge_cache_dir(os.path.join(workdir, "eval_cache")))
   metrics = {f"eval/{k}": float(v) for k, v in metrics.items() if not isinstance(v, str)}
   if writer is not None and metrics:
     writer.write_scalars(step, metrics)

@@ -1,6 +1,7 @@
-"""Test-session setup: the repository root on sys.path, and one XLA compilation cache shared by
-every test, every pytest-xdist worker and every subprocess a test starts (they compile the same
-tiny programs again and again; the cache turns those recompiles into lookups)."""
+"""Test-session setup: the repository root on sys.path, and one XLA compilation cache and one
+judge folder shared by every test, every pytest-xdist worker and every subprocess a test starts
+(they compile the same tiny programs and score with the same judges again and again; the caches
+turn those into lookups), and XLA flags that compile fast."""
 
 import os
 import shutil
@@ -11,11 +12,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # Set before any test module imports jax. The process that creates the cache (pytest itself, or
 # the xdist controller) owns it; workers and subprocesses inherit the variable.
-_OWNED_CACHE = None
+_OWNED_CACHE = _OWNED_JUDGES = None
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   _OWNED_CACHE = tempfile.mkdtemp(prefix="pra_jax_xla_cache_")
   os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWNED_CACHE
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+# One folder for the digits and photos judges of every test's runs (pra_jax.metrics.scoring's
+# PRA_JAX_JUDGE_CACHE): each is trained once per session, not once per workdir (30 s each).
+if "PRA_JAX_JUDGE_CACHE" not in os.environ:
+  _OWNED_JUDGES = tempfile.mkdtemp(prefix="pra_jax_judges_")
+  os.environ["PRA_JAX_JUDGE_CACHE"] = _OWNED_JUDGES
 
 # Compile speed over run speed: the tests' programs are tiny, and XLA:CPU spends most of a test
 # compiling them with LLVM (a train step of the tiny config: 23 s at the default level, 11 s at
@@ -28,8 +34,10 @@ if FAST_XLA not in os.environ.get("XLA_FLAGS", ""):
 
 
 def pytest_unconfigure(config):
-  if _OWNED_CACHE and not hasattr(config, "workerinput"):
-    shutil.rmtree(_OWNED_CACHE, ignore_errors=True)
+  if not hasattr(config, "workerinput"):
+    for owned in (_OWNED_CACHE, _OWNED_JUDGES):
+      if owned:
+        shutil.rmtree(owned, ignore_errors=True)
 
 
 # The longest files first (measured with --durations): pytest-xdist hands whole files to the

@@ -573,6 +573,7 @@ def test_reference_and_evaluate_clis_end_to_end(tmp_path, model, capsys):
 
 
 def test_evaluate_cli_digits_branch(tmp_path, monkeypatch):
+  monkeypatch.delenv(scoring.JUDGE_CACHE_ENV, raising=False)
   calls = []
 
   def evaluate_digits(images, labels, cache_dir):
@@ -586,7 +587,13 @@ def test_evaluate_cli_digits_branch(tmp_path, monkeypatch):
   _evaluate_flags()
   with flagsaver.flagsaver(samples=str(samples), metrics="digits", image_size=16):
     evaluate.main(["evaluate"])
-  # The judge's cache: the run's eval_cache beside (or above) the samples, as training fills it.
+  # The judge's cache: the run's eval_cache beside (or above) the samples, as training fills it
+  # (the tests share one judge folder through the environment: unset here) ...
   assert calls == [((2, 16, 16, 1), [3, 4], str(tmp_path / "eval_cache"))]
+  # ... or $PRA_JAX_JUDGE_CACHE, one folder for every run's judges.
+  monkeypatch.setenv(scoring.JUDGE_CACHE_ENV, str(tmp_path / "shared"))
+  with flagsaver.flagsaver(samples=str(samples), metrics="digits", image_size=16):
+    evaluate.main(["evaluate"])
+  assert calls[-1][2] == str(tmp_path / "shared")
   out = json.loads((tmp_path / "digits.metrics.json").read_text())
   assert out == {"probe_accuracy": 0.75, "num_images": 2}

@@ -23,6 +23,7 @@ from flax import nnx
 from PIL import Image, ImageDraw
 
 from pra_jax import cli, files, periodic_eval, restore, rng, train_step
+from pra_jax.metrics import scoring
 from pra_jax.sampling import annealing, ar_loop, data_parallel
 from pra_jax.studies import report
 
@@ -135,7 +136,7 @@ def run(config, workdir: str, out_dir: str, points: list[Point], *, num_images: 
   mesh = data_parallel.sampling_mesh()
   key = rng.stream(seed, "sample")   # The stream pra_jax.sample draws from: the same images.
   states, generators = {}, {}
-  cache_dir = os.path.join(workdir, "eval_cache")
+  cache_dir = scoring.judge_cache_dir(os.path.join(workdir, "eval_cache"))
   # Points grouped so each weights is restored once and each compile made once.
   for p in sorted(todo, key=lambda p: (p.weights, p.compile_key())):
     if p.weights not in states:

@@ -23,6 +23,7 @@ from flax import traverse_util
 from absl import logging
 
 from pra_jax import checkpoint, config_check, data, files, restore, run_record, sharding
+from pra_jax.metrics import scoring
 from pra_jax.sampling import ar_loop, grids
 from pra_jax.studies import report, rollout_gap, study_probes
 
@@ -529,7 +530,7 @@ def run_study(base, workdir: str, *, modes=None, sigmas=None, state_dims=None, s
   base, runs, dirs, num_steps = checked.base, checked.runs, checked.dirs, checked.num_steps
   study = default_study(base)
   ev = ev or (QUICK_EVAL if quick else Eval(gap_images=study.gap_images))
-  judge_cache = judge_cache or os.path.join(workdir, "judge_cache")
+  judge_cache = judge_cache or scoring.judge_cache_dir(os.path.join(workdir, "judge_cache"))
   done, rows = {}, []
   os.makedirs(workdir, exist_ok=True)
   print(f"[ablate] {len(runs)} runs of {num_steps} steps in {workdir}", flush=True)
