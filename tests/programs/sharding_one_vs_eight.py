@@ -43,7 +43,7 @@ ckpt.wait()
 restored = {}
 for name, mesh in (("four", sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 1},
                                                jax.devices()[:4])), ("one", single)):
-  target = nnx.split(train_step.create_bundle(config, mesh))[1]
+  target = train_step.abstract_state(config, mesh)[1]   # Shapes and shardings: no init to compile.
   got = ckpt.restore(1, target)
   leaves = jax.tree.leaves(jax.device_get(got["model"]))
   restored[name] = {
