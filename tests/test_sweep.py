@@ -114,6 +114,30 @@ def test_best_command_names_every_knob():
     assert part in command
 
 
+def test_a_checkpoint_of_another_layout_is_one_line(workdir, tmp_path):
+  """The run's record matches the config but the arrays do not fit the model this pra_jax
+  builds (as a demo checkpoint from before the head's [3, F, F] modulation kernel): one line
+  naming the checkpoint and what to do, status 2, no traceback."""
+  import shutil
+  run = str(tmp_path / "run")
+  shutil.copytree(workdir, run)
+  with open(os.path.join(run, "config.json")) as f:
+    recorded = json.load(f)
+  recorded["model"]["head"]["width"] *= 2   # Every head array another shape than was saved.
+  with open(os.path.join(run, "config.json"), "w") as f:
+    json.dump(recorded, f)
+  proc = subprocess.run(
+      [sys.executable, "-m", "pra_jax.sweep", "--config=configs/tiny.py",
+       f"--config.model.head.width={recorded['model']['head']['width']}", f"--workdir={run}",
+       "--num_images=10", f"--out_dir={tmp_path / 'out'}"], cwd=REPO, capture_output=True, text=True,
+      env=dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu"))
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  lines = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
+  assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+  assert f"checkpoints/2 does not restore into this config's model" in lines[0], lines[0]
+  assert "read it with the pra_jax that wrote it, or retrain" in lines[0], lines[0]
+
+
 def test_help_lists_the_knobs():
   out = subprocess.run([sys.executable, "-m", "pra_jax.sweep", "--help"], cwd=REPO,
                        capture_output=True, text=True, timeout=300,
