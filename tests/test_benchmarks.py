@@ -68,7 +68,8 @@ def test_sampler_flops_and_the_projection_are_counted_not_typed():
   forward = _flops.train_step_flops(config, 1)["backbone"] / 3
   assert f["backbone"] == pytest.approx(2 * forward)
   assert _flops.sample_flops(config, cfg=1.0)["backbone"] == pytest.approx(forward)
-  # Head: N positions x steps x (2 evaluations per Heun step but the last); per evaluation the time MLP once
+  # Head: N positions x steps x (2 evaluations per Heun step but the last); per evaluation the
+  # time MLP once
   # and the rest on 2 rows with CFG; the condition's projection once per position and row.
   part = _flops._head_parts(config)
   n = 256

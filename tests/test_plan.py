@@ -159,8 +159,8 @@ def test_the_sampler_cost_counts_every_loop_and_matches_the_model_flops():
   n = (config.data.image_size // config.model.patch_size) ** 2
   # The static loop (Heun: two calls a step, one on the last), and step annealing, whose while
   # loop runs each patch's own count.
-  for steps, min_steps, solver, evals in ((3, 0, "heun", n * 5),
-                                          (6, 2, "heun", annealing.head_evaluations(6, 2, n, "heun"))):
+  annealed = annealing.head_evaluations(6, 2, n, "heun")
+  for steps, min_steps, solver, evals in ((3, 0, "heun", n * 5), (6, 2, "heun", annealed)):
     settings = ar_loop.SampleSettings.from_config(config.sample, cfg=2.0, num_steps=steps,
                                                   min_steps=min_steps, solver=solver)
     c = plan.sampler_cost(config, jax.devices("cpu")[0], 4, settings)

@@ -129,7 +129,8 @@ def test_a_checkpoint_of_another_layout_is_one_line(workdir, tmp_path):
   proc = subprocess.run(
       [sys.executable, "-m", "pra_jax.sweep", "--config=configs/tiny.py",
        f"--config.model.head.width={recorded['model']['head']['width']}", f"--workdir={run}",
-       "--num_images=10", f"--out_dir={tmp_path / 'out'}"], cwd=REPO, capture_output=True, text=True,
+       "--num_images=10", f"--out_dir={tmp_path / 'out'}"], cwd=REPO, capture_output=True,
+      text=True,
       env=dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu"))
   assert proc.returncode == 2, proc.stderr[-3000:]
   lines = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
