@@ -69,8 +69,8 @@ def test_sampler_flops_and_the_projection_are_counted_not_typed():
   assert f["backbone"] == pytest.approx(2 * forward)
   assert _flops.sample_flops(config, cfg=1.0)["backbone"] == pytest.approx(forward)
   # Head: N positions x steps x (2 evaluations per Heun step but the last); per evaluation the
-  # time MLP once
-  # and the rest on 2 rows with CFG; the condition's projection once per position and row.
+  # time MLP once and the rest on 2 rows with CFG; the condition's projection once per position
+  # and row.
   part = _flops._head_parts(config)
   n = 256
   head = lambda evals, rows: n * rows * part["cond"] + evals * (part["time"] + rows * part["body"])
