@@ -329,11 +329,12 @@ FIELDS = (
     # -- sampling -----------------------------------------------------------------------------
     Field("sample.num_steps", 8, RUN_TIME,
           "Head ODE steps per patch. Heun at 8 steps: on the digits demo (README, 'Head steps, "
-          "step annealing and the sweep') it reached the judge's FD of Euler at 50 steps (6.88 "
-          "vs 6.90, accuracy 95.0% both, 500 images, same keys) with 16 head calls per patch "
-          "instead of 50; Euler 50 annealed to 4 needed 27 (FD 6.93). The photos grid agrees "
-          "(FD 28.2 at Heun 8, 27.7 at Euler 50). ImageNet's optimum may differ: rerun the grid "
-          "(pra_jax.sweep) on the checkpoint you report.", range=POSITIVE),
+          "step annealing and the sweep') it reached a judge's FD below Euler's at 50 steps "
+          "(5.52 vs 5.58, 500 images, same keys) with 15 head calls per patch instead of 50, "
+          "and more steps barely moved it (5.51 at 32); every annealed schedule lay above its "
+          "solver's curve. The photos grid agrees (FD 28.2 at Heun 8, 27.7 at Euler 50). "
+          "ImageNet's optimum may differ: rerun the grid (pra_jax.sweep) on the checkpoint you "
+          "report.", range=POSITIVE),
     Field("sample.min_steps", 0, RUN_TIME,
           "Step annealing: 0 = off; else the head steps fall linearly from num_steps (first "
           "patch) to min_steps (last patch), at most num_steps.", range=NON_NEGATIVE_INT),
