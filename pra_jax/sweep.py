@@ -2,7 +2,7 @@
 each scored on the same images (the run's judge: FID/sFID/IS against config.eval's reference
 batch, or the digits / photos judge), as a table, a plot and a resumable JSON.
 
-  python -m pra_jax.sweep --config=configs/demo.py --workdir=DIR --cfg=1.0,1.5,2.0,3.0
+  python -m pra_jax.sweep --workdir=DIR --cfg=1.0,1.5,2.0,3.0   # the run's own config.json
 
 One restore per weights and one compile per batch shape (cfg, temperature and head steps are
 run-time arguments; solver, cfg schedule and guidance on/off compile apart). A rerun with the
@@ -20,7 +20,9 @@ from ml_collections import config_flags
 from pra_jax import checkpoint, cli, config_check, run_record
 from pra_jax.sampling import knob_sweep
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file of the run.")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file of the run (default: the run's own WORKDIR/config.json, with "
+    "every override it trained with).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory with checkpoints.")
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "Where sweep.json / .md / .png go (default: "
                                "WORKDIR/sweep).")
@@ -57,11 +59,12 @@ def _values(flag, default, kind, name):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if _CONFIG.value is None or _WORKDIR.value is None:
-    raise app.UsageError("--config and --workdir are required")
-  config, workdir = _CONFIG.value, _WORKDIR.value
-  sp = config.sample
+  if _WORKDIR.value is None:
+    raise app.UsageError("--workdir is required")
+  workdir = _WORKDIR.value
   with cli.user_input():  # Every value checked before anything is restored.
+    config = run_record.config_or_recorded(_CONFIG.value, workdir)
+    sp = config.sample
     config_check.validate(config)
     run_record.check_readable(workdir, config)
     points = knob_sweep.grid(
@@ -83,7 +86,6 @@ def main(argv):
     if step not in available:
       raise ValueError(f"--checkpoint_step={step}: {ckpt.directory} holds steps {available}")
   out_dir = _OUT_DIR.value or os.path.join(workdir, "sweep")
-  config_path = config_flags.get_config_filename(flags.FLAGS["config"])
   command = ["python", "-m", "pra_jax.sweep"] + sys.argv[1:]
   result = knob_sweep.run(
       config, workdir, out_dir, points, num_images=_NUM_IMAGES.value, seed=_SEED.value,
@@ -94,7 +96,7 @@ def main(argv):
   print(open(os.path.join(out_dir, "sweep.md")).read())
   print(f"best by {name}: {best['name']} ({value:.3f}); table, plot and JSON in {out_dir}")
   print("sample the full 50 per class there with:")
-  print("  " + knob_sweep.best_command(best, config_path, workdir, step, _SEED.value))
+  print("  " + knob_sweep.best_command(best, workdir, step, _SEED.value))
 
 
 if __name__ == "__main__":

@@ -107,7 +107,7 @@ def test_sweep_samples_each_point_once_with_its_own_knobs_and_resumes(workdir, t
 def test_best_command_names_every_knob():
   best = {"cfg": 1.5, "temperature": 0.9, "num_steps": 8, "min_steps": 2, "solver": "heun",
           "cfg_schedule": "constant", "weights": "raw"}
-  command = knob_sweep.best_command(best, "configs/demo.py", "/w", 1000, 0)
+  command = knob_sweep.best_command(best, "/w", 1000, 0)
   for part in ("--cfg=1.5", "--temperature=0.9", "--steps=8", "--config.sample.min_steps=2",
                "--config.sample.solver=heun", "--config.sample.cfg_schedule=constant",
                "--checkpoint_step=1000", "--raw_weights"):
@@ -127,10 +127,9 @@ def test_a_checkpoint_of_another_layout_is_one_line(workdir, tmp_path):
   with open(os.path.join(run, "config.json"), "w") as f:
     json.dump(recorded, f)
   proc = subprocess.run(
-      [sys.executable, "-m", "pra_jax.sweep", "--config=configs/tiny.py",
-       f"--config.model.head.width={recorded['model']['head']['width']}", f"--workdir={run}",
-       "--num_images=10", f"--out_dir={tmp_path / 'out'}"], cwd=REPO, capture_output=True,
-      text=True,
+      # No --config: the sweep reads the run's own config.json, as pra_jax.sample does.
+      [sys.executable, "-m", "pra_jax.sweep", f"--workdir={run}", "--num_images=10",
+       f"--out_dir={tmp_path / 'out'}"], cwd=REPO, capture_output=True, text=True,
       env=dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu"))
   assert proc.returncode == 2, proc.stderr[-3000:]
   lines = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]

@@ -178,9 +178,11 @@ def varying(records: list[dict]) -> list[str]:
   return [k for k in KNOBS if len({r[k] for r in records}) > 1] or ["cfg"]
 
 
-def best_command(best: dict, config_path: str, workdir: str, step: int, seed: int) -> str:
-  """The command that samples the full 50-per-class set at the best point."""
-  args = ["python", "-m", "pra_jax.sample", f"--config={config_path}", f"--workdir={workdir}",
+def best_command(best: dict, workdir: str, step: int, seed: int) -> str:
+  """The command that samples the full 50-per-class set at the best point. No --config:
+  pra_jax.sample reads the run's own config.json, overrides included (a config file alone would
+  miss an identity override such as train.ema_decays, and be refused)."""
+  args = ["python", "-m", "pra_jax.sample", f"--workdir={workdir}",
           f"--out={os.path.join(workdir, 'samples_best.npz')}", f"--cfg={best['cfg']}",
           f"--temperature={best['temperature']}", f"--steps={best['num_steps']}",
           f"--config.sample.min_steps={best['min_steps']}",
