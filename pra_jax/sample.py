@@ -26,6 +26,10 @@ _OUT = flags.DEFINE_string("out", None, "Output .npz (ADM format); a PNG grid be
 _CFG = flags.DEFINE_float("cfg", None, "Guidance scale (default: config.sample.cfg).")
 _TEMPERATURE = flags.DEFINE_float("temperature", None, "Head noise temperature.")
 _STEPS = flags.DEFINE_integer("steps", None, "Head ODE steps per patch.")
+# The sweep's other knobs, so that its best point is one command (pra_jax.sweep prints it).
+_ANNEAL = flags.DEFINE_integer("anneal", None, "sample.min_steps: step annealing's floor (0 = off).")
+_SOLVER = flags.DEFINE_string("solver", None, "sample.solver: euler / heun.")
+_SCHEDULE = flags.DEFINE_string("schedule", None, "sample.cfg_schedule: constant / linear.")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 _CLASSES = flags.DEFINE_list("classes", None, "Class ids to sample (default: all, cycled).")
 _RAW_WEIGHTS = flags.DEFINE_bool("raw_weights", False, "Sample raw weights, not the EMA.")
@@ -53,6 +57,10 @@ def main(argv):
     cli.usage_error(f"--out={_OUT.value}: expected a path ending in .npz")
   with cli.user_input():  # Before anything compiles.
     config = run_record.config_or_recorded(_CONFIG.value, _WORKDIR.value)
+    for key, value in (("min_steps", _ANNEAL.value), ("solver", _SOLVER.value),
+                       ("cfg_schedule", _SCHEDULE.value)):
+      if value is not None:   # Checked with the rest of the config just below.
+        config.sample[key] = value
     for name, value in (("--num_images", _NUM_IMAGES.value), ("--steps", _STEPS.value),
                         ("--per_device_batch", _PER_DEVICE_BATCH.value),
                         ("--chunk_size", _CHUNK_SIZE.value)):

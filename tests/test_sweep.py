@@ -108,10 +108,28 @@ def test_best_command_names_every_knob():
   best = {"cfg": 1.5, "temperature": 0.9, "num_steps": 8, "min_steps": 2, "solver": "heun",
           "cfg_schedule": "constant", "weights": "raw"}
   command = knob_sweep.best_command(best, "/w", 1000, 0)
-  for part in ("--cfg=1.5", "--temperature=0.9", "--steps=8", "--config.sample.min_steps=2",
-               "--config.sample.solver=heun", "--config.sample.cfg_schedule=constant",
+  for part in ("--cfg=1.5", "--temperature=0.9", "--steps=8", "--anneal=2", "--solver=heun",
+               "--schedule=constant",
                "--checkpoint_step=1000", "--raw_weights"):
     assert part in command
+
+
+def test_the_printed_best_command_samples_there(workdir, tmp_path):
+  """The command the sweep prints runs as it stands (with fewer images): pra_jax.sample takes
+  every knob of a point as a flag, and reads the run's own config."""
+  import shlex
+  best = {"cfg": 1.5, "temperature": 0.9, "num_steps": 3, "min_steps": 1, "solver": "heun",
+          "cfg_schedule": "constant", "weights": "ema"}
+  args = shlex.split(knob_sweep.best_command(best, workdir, 2, 0))
+  assert args[:3] == ["python", "-m", "pra_jax.sample"], args
+  out = str(tmp_path / "best.npz")
+  args = [a if not a.startswith("--out=") else f"--out={out}" for a in args[1:]]
+  proc = subprocess.run([sys.executable, *args, "--num_images=10"], cwd=REPO, capture_output=True,
+                        text=True, env=dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu"))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "num_steps=3, solver='heun', cfg=1.5, cfg_schedule='constant', temperature=0.9, " \
+         "min_steps=1" in proc.stdout, proc.stdout
+  assert np.load(out)["arr_0"].shape[0] == 10
 
 
 def test_a_checkpoint_of_another_layout_is_one_line(workdir, tmp_path):

@@ -185,9 +185,8 @@ def best_command(best: dict, workdir: str, step: int, seed: int) -> str:
   args = ["python", "-m", "pra_jax.sample", f"--workdir={workdir}",
           f"--out={os.path.join(workdir, 'samples_best.npz')}", f"--cfg={best['cfg']}",
           f"--temperature={best['temperature']}", f"--steps={best['num_steps']}",
-          f"--config.sample.min_steps={best['min_steps']}",
-          f"--config.sample.solver={best['solver']}",
-          f"--config.sample.cfg_schedule={best['cfg_schedule']}",
+          f"--anneal={best['min_steps']}", f"--solver={best['solver']}",
+          f"--schedule={best['cfg_schedule']}",
           f"--checkpoint_step={step}", f"--seed={seed}"]
   if best["weights"] == "raw":
     args.append("--raw_weights")
