@@ -145,6 +145,16 @@ class Checkpointer:
         raise run_record.ConfigMismatch(self._mismatch_message(step, saved, want, changes))
       yield step
 
+  def check_holds(self, step: int, target_state) -> None:
+    """ConfigMismatch naming the leaves unless checkpoint `step` holds target_state's top-level
+    parts with these shapes and dtypes. Read from the metadata, before any array: a read that
+    fails midway leaves Orbax's threads printing tracebacks after the error is said."""
+    want = tree_signature(target_state)
+    parts = {k.split(".")[0] for k in want}
+    saved = {k: v for k, v in self.saved_signature(step).items() if k.split(".")[0] in parts}
+    if saved != want:
+      raise run_record.ConfigMismatch(self._mismatch_message(step, saved, want, None))
+
   def restore_latest(self, target_state, data_iter=None, *, changes=None):
     """(state, step) of the newest checkpoint that restores, or (None, None) if there is none.
 

@@ -42,10 +42,14 @@ def _restore(ckpt, step: int, config, mesh, use_ema: bool, *, replicate: bool):
       restore_args={part: jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding),
                                        target)}))
   try:
+    # A config that matches the run's record still meets other shapes when another layout of
+    # the model wrote them (an older pra_jax, a checkpoint copied in by hand): said from the
+    # metadata, naming the leaves.
+    ckpt.check_holds(step, {part: target})
     restored = ckpt.manager.restore(step, args=args)
+  except run_record.ConfigMismatch:
+    raise
   except Exception as e:  # pylint: disable=broad-except
-    # The config matched the run's record (check_readable), so the arrays were written by
-    # another layout of the same model: an older pra_jax, or a checkpoint copied in by hand.
     raise cli.mark_user_error(ValueError(
         f"checkpoint {ckpt.directory}/{step} does not restore into this config's model "
         f"({type(e).__name__}: {str(e).splitlines()[0][:300]}); expected arrays of the shapes "
