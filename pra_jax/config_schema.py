@@ -339,7 +339,8 @@ FIELDS = (
           "Step annealing: 0 = off; else the head steps fall linearly from num_steps (first "
           "patch) to min_steps (last patch), at most num_steps.", range=NON_NEGATIVE_INT),
     Field("sample.solver", "heun", RUN_TIME,
-          "The head's ODE integrator ('heun': two head calls per step).", choices=head.SOLVERS),
+          "The head's ODE integrator ('heun': two head calls per step, one on the last).",
+          choices=head.SOLVERS),
     Field("sample.cfg", 3.0, RUN_TIME, "Guidance scale (0 = unconditional, 1 = none).",
           range=NON_NEGATIVE),
     Field("sample.cfg_schedule", "linear", RUN_TIME,
