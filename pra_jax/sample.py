@@ -27,7 +27,8 @@ _CFG = flags.DEFINE_float("cfg", None, "Guidance scale (default: config.sample.c
 _TEMPERATURE = flags.DEFINE_float("temperature", None, "Head noise temperature.")
 _STEPS = flags.DEFINE_integer("steps", None, "Head ODE steps per patch.")
 # The sweep's other knobs, so that its best point is one command (pra_jax.sweep prints it).
-_ANNEAL = flags.DEFINE_integer("anneal", None, "sample.min_steps: step annealing's floor (0 = off).")
+_ANNEAL = flags.DEFINE_integer("anneal", None,
+                               "sample.min_steps: step annealing's floor (0 = off).")
 _SOLVER = flags.DEFINE_string("solver", None, "sample.solver: euler / heun.")
 _SCHEDULE = flags.DEFINE_string("schedule", None, "sample.cfg_schedule: constant / linear.")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
