@@ -110,10 +110,7 @@ def sample_flops(config, num_steps: int | None = None, solver: str | None = None
   per_token = b.depth * (2 * (4 * width ** 2 + gated * width * mlp) + 2 * 2 * cache_len * width)
   backbone = rows * (cache_len * per_token + (n - 1) * 2 * p * width)
   min_steps = sp.get("min_steps", 0) if min_steps is None else min_steps
-  if min_steps:
-    evals = annealing.head_evaluations(num_steps, min_steps, n, solver)
-  else:
-    evals = n * (2 * num_steps - 1 if solver == "heun" else num_steps)
+  evals = annealing.head_evaluations(num_steps, min_steps, n, solver)
   # The sampler computes the condition's projection once per patch and row, the time MLP once
   # per evaluation for all rows (head.guided_velocity), the rest per row and evaluation.
   parts = _head_parts(config)

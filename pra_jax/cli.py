@@ -43,9 +43,6 @@ def one_line_errors(main_fn):
       if not is_user_error(e) and not isinstance(e, app.UsageError):
         raise
       print(one_line(e), file=sys.stderr, flush=True)
-      # Said in one line; what a library left half-done (Orbax's reads of a checkpoint that did
-      # not fit, collected at exit) must not follow it as an "Exception ignored" traceback.
-      sys.unraisablehook = lambda unraisable: None
       sys.exit(EXIT_USER_ERROR)
   return run
 

@@ -182,7 +182,7 @@ def plan(config, num_devices: int, mesh_cfg=None, *, devices=None,
                     remat=b.remat_policy, scan_layers=bool(b.scan_layers), dtype=b.dtype,
                     budget=int(budget_gib * GIB), fits=False)
   compiled, state, lower_s, compile_s = compiled_step
-  ema_parts = ["ema"] + [f"ema_{i}" for i in range(1, len(train_step.extra_ema_decays(config)) + 1)]
+  ema_parts = train_step.ema_parts(config)
   mem = compiled.memory_analysis()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -339,10 +339,7 @@ def sampler_cost(config, device, per_device_batch: int, settings) -> dict:
   evl = compiled_cost(jax.jit(head_eval).lower(
       state, arg((rows, width)), arg((b, model.gen_dim))).compile())
   n = model.num_patches
-  # Annealed, each patch its own count; else num_steps at every patch (Heun: 2 calls a step, 1
-  # on the last).
-  evals = annealing.head_evaluations(settings.num_steps, settings.min_steps or settings.num_steps,
-                                     n, settings.solver)
+  evals = annealing.head_evaluations(settings.num_steps, settings.min_steps, n, settings.solver)
   return {"position": pos, "head_eval": evl, "positions": n, "extra_head_evals": evals - n,
           "batch": b}
 

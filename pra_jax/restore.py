@@ -27,8 +27,7 @@ def _restore(ckpt, step: int, config, mesh, use_ema: bool, *, replicate: bool):
   """The model of checkpoint `step`, its arrays on `mesh`: replicated, or sharded by the
   model's own logical axes (as training holds them)."""
   part = _part(use_ema)
-  known = ["model", "ema"] + [f"ema_{i}" for i in
-                              range(1, len(train_step.extra_ema_decays(config)) + 1)]
+  known = ["model", *train_step.ema_parts(config)]
   if part not in known:  # Orbax's partial restore would hand back the request unfilled.
     raise ValueError(f"no weights {part!r} in this run: it keeps {known} ('model' = raw; "
                      f"ema_<i>: train.ema_decays)")

@@ -34,13 +34,18 @@ class TrainBundle(nnx.Module):
     # train.ema_decays: more EMAs beside `ema`, each its own checkpoint part ema_1, ema_2, ... (so
     # one run can be swept over its EMA: python -m pra_jax.sweep --weights). Each costs one more
     # copy of the parameters in memory and in every checkpoint.
-    for i in range(1, len(extra_ema_decays(config)) + 1):
-      setattr(self, f"ema_{i}", nnx.clone(self.model))
+    for part in ema_parts(config)[1:]:
+      setattr(self, part, nnx.clone(self.model))
     self.optimizer = nnx.Optimizer(self.model, optim.make_optimizer(config.train), wrt=nnx.Param)
 
 
 def extra_ema_decays(config) -> tuple:
   return tuple(config.train.get("ema_decays", ()))
+
+
+def ema_parts(config) -> list[str]:
+  """The bundle's EMA parts: 'ema' (train.ema_decay), then 'ema_<i>' per train.ema_decays."""
+  return ["ema"] + [f"ema_{i}" for i in range(1, len(extra_ema_decays(config)) + 1)]
 
 
 def weights_part(weights: str) -> str:

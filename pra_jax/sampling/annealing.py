@@ -34,9 +34,10 @@ def steps_per_position(num_steps, min_steps, num_patches: int) -> jax.Array:
 
 
 def head_evaluations(num_steps: int, min_steps: int, num_patches: int, solver: str) -> int:
-  """Head network calls per image under `integrate` (CFG doubles the rows of each call, not the
-  calls): Euler one per step, Heun two per step but one on each patch's last."""
-  steps = int(jnp.sum(steps_per_position(num_steps, min_steps, num_patches)))
+  """Head network calls per image (CFG doubles the rows of each call, not the calls): Euler one
+  per step, Heun two per step but one on each patch's last; min_steps 0 (no annealing) is
+  num_steps at every patch, as head.sample's static loop runs it."""
+  steps = int(jnp.sum(steps_per_position(num_steps, min_steps or num_steps, num_patches)))
   return 2 * steps - num_patches if solver == "heun" else steps
 
 

@@ -92,8 +92,7 @@ def primary(metrics: dict) -> tuple[str, float]:
 
 def head_evaluations(point: Point, num_patches: int) -> int:
   """Head network calls per image at this point (annealing.integrate's count)."""
-  return annealing.head_evaluations(point.num_steps, point.min_steps or point.num_steps,
-                                    num_patches, point.solver)
+  return annealing.head_evaluations(point.num_steps, point.min_steps, num_patches, point.solver)
 
 
 class Results:

@@ -68,7 +68,7 @@ if __name__ == "__main__" and "jax" not in sys.modules:
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from pra_jax import cli, memory_plan, targets, train_step  # noqa: E402
+from pra_jax import cli, memory_plan, targets  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py", "Config to plan.")
 _TARGET = flags.DEFINE_string(
@@ -143,7 +143,7 @@ def _train(name, config, target, devices, budget_gib):
       config.train.grad_accum_steps = accum
       memory_plan.check(config, count, mesh_cfg, devices=devices)
   print(memory_plan.HEADER, flush=True)
-  estimates, refused, per_ema = [], [], {}
+  estimates, refused, per_ema, emas = [], [], {}, 1
   for mesh_cfg, accum, remat in rows:
     config.model.backbone.remat_policy = remat
     config.train.grad_accum_steps = accum
@@ -151,16 +151,15 @@ def _train(name, config, target, devices, budget_gib):
       r = memory_plan.plan(config, count, mesh_cfg, devices=devices, budget_gib=budget_gib,
                            costs=_costed(target))
     print(memory_plan.format_row(name, r, label), flush=True)
+    mesh = "{data},{fsdp},{tensor}".format(**r["mesh"])
     if "refused" not in r:
-      m = r["mesh"]
-      per_ema.setdefault(r["ema"] // r["emas"], []).append(f"{m['data']},{m['fsdp']},{m['tensor']}")
+      emas = r["emas"]
+      per_ema.setdefault(r["ema"] // emas, []).append(mesh)
     if "cost_refused" in r:
-      m = r["mesh"]
-      refused.append(f"{m['data']},{m['fsdp']},{m['tensor']}, remat {r['remat']}, accum "
-                     f"{r['grad_accum_steps']}: {r['cost_refused']}")
+      refused.append(f"{mesh}, remat {r['remat']}, accum {r['grad_accum_steps']}: "
+                     f"{r['cost_refused']}")
     if "step_cost" in r:
       estimates.append(_train_estimate(name, config, target, r))
-  emas = len(train_step.extra_ema_decays(config)) + 1
   for size, on in per_ema.items():
     # What train.ema_decays costs: each decay keeps one more float32 copy of the parameters.
     print(f"\nEMA GiB counts {emas} EMA(s): train.ema_decay's and one per train.ema_decays "
